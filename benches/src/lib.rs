@@ -1,0 +1,1 @@
+//! Criterion benchmarks of edadm: the bench targets live in `benches/`.

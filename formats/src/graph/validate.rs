@@ -1,0 +1,525 @@
+//! Semantic validation of a graph against the tensor table (`docs/FORMAT.md` §5.6). The reader
+//! runs it on every parsed file and the writer on every model before writing, so a file that
+//! parses is one every interpreter can trust structurally.
+
+use std::collections::HashSet;
+
+use super::codec::GraphOffsets;
+use super::*;
+use crate::dtype::DType;
+use crate::error::{FormatError, GraphProblem};
+use crate::limits;
+
+/// What validation needs to know about a tensor.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TensorMeta<'a> {
+    pub(crate) dtype: DType,
+    pub(crate) shape: &'a [u64],
+}
+
+/// Cap on spatial attributes (kernel, stride, padding, dilation, scale factors).
+const MAX_SPATIAL: u32 = 1 << 16;
+/// Cap on channel and feature counts.
+const MAX_CHANNELS: u32 = 1 << 24;
+
+const FLOAT: &[DType] = &[DType::F32, DType::F16];
+
+struct Ctx<'a> {
+    tensors: &'a [TensorMeta<'a>],
+    offs: Option<&'a GraphOffsets>,
+}
+
+impl Ctx<'_> {
+    fn node_err(&self, g: &Graph, i: usize, problem: GraphProblem) -> FormatError {
+        FormatError::Graph {
+            node: Some(i as u32),
+            name: g.nodes[i].name.clone(),
+            offset: self.offs.and_then(|o| o.nodes.get(i).copied()).unwrap_or(0),
+            problem,
+        }
+    }
+
+    fn graph_err(&self, name: &str, offset: Option<u64>, problem: GraphProblem) -> FormatError {
+        FormatError::Graph {
+            node: None,
+            name: name.to_owned(),
+            offset: offset.or(self.offs.map(|o| o.section)).unwrap_or(0),
+            problem,
+        }
+    }
+
+    /// Checks a tensor reference's existence, dtype and (when given) shape.
+    fn tensor(
+        &self,
+        role: &'static str,
+        t: TensorId,
+        dtypes: &[DType],
+        expected_names: &'static str,
+        shape: Option<&[u64]>,
+    ) -> Result<TensorMeta<'_>, GraphProblem> {
+        let meta = self.tensors.get(t.0 as usize).ok_or(GraphProblem::TensorOutOfRange {
+            role,
+            tensor: t.0,
+            count: self.tensors.len() as u32,
+        })?;
+        if !dtypes.contains(&meta.dtype) {
+            return Err(GraphProblem::TensorDType { role, tensor: t.0, found: meta.dtype, expected: expected_names });
+        }
+        if let Some(shape) = shape
+            && meta.shape != shape
+        {
+            return Err(GraphProblem::TensorShape {
+                role,
+                tensor: t.0,
+                found: meta.shape.to_vec(),
+                expected: shape.to_vec(),
+            });
+        }
+        Ok(*meta)
+    }
+}
+
+fn bad(op: &'static str, attr: &'static str, value: impl std::fmt::Display, reason: &'static str) -> GraphProblem {
+    GraphProblem::BadAttribute { op, attr, value: value.to_string(), reason }
+}
+
+fn positive(op: &'static str, attr: &'static str, v: u32, max: u32) -> Result<(), GraphProblem> {
+    if v == 0 || v > max {
+        return Err(bad(op, attr, v, "must be at least 1 and within the format's caps"));
+    }
+    Ok(())
+}
+
+fn pair_positive(op: &'static str, attr: &'static str, v: [u32; 2]) -> Result<(), GraphProblem> {
+    for x in v {
+        positive(op, attr, x, MAX_SPATIAL)?;
+    }
+    Ok(())
+}
+
+fn bounded(op: &'static str, attr: &'static str, v: u32) -> Result<(), GraphProblem> {
+    if v > MAX_SPATIAL {
+        return Err(bad(op, attr, v, "exceeds the format's cap of 65536"));
+    }
+    Ok(())
+}
+
+fn finite_nonneg(op: &'static str, attr: &'static str, v: f32) -> Result<(), GraphProblem> {
+    if !v.is_finite() || v < 0.0 {
+        return Err(bad(op, attr, v, "must be finite and non-negative"));
+    }
+    Ok(())
+}
+
+fn finite_positive(op: &'static str, attr: &'static str, v: f32) -> Result<(), GraphProblem> {
+    if !v.is_finite() || v <= 0.0 {
+        return Err(bad(op, attr, v, "must be finite and positive"));
+    }
+    Ok(())
+}
+
+fn arity(op: &Op, n: usize) -> Result<(), GraphProblem> {
+    let (ok, expected) = match op {
+        Op::Add | Op::Mul => (n == 2, "2"),
+        Op::Concat { .. } => (n >= 2, "at least 2"),
+        Op::Pad(Pad::MatchSpatial) => (n == 2, "2 (the input and the reference)"),
+        Op::Attention(_) => (n == 3, "3 (q, k, v)"),
+        _ => (n == 1, "1"),
+    };
+    if ok { Ok(()) } else { Err(GraphProblem::Arity { op: op.name(), expected, found: n }) }
+}
+
+/// Validates a whole graph. `offs` (present for parsed files) lets errors name byte offsets.
+pub(crate) fn validate_graph(
+    g: &Graph,
+    tensors: &[TensorMeta<'_>],
+    offs: Option<&GraphOffsets>,
+) -> Result<(), FormatError> {
+    let cx = Ctx { tensors, offs };
+    check_caps(g, offs.map_or(0, |o| o.section))?;
+    let nv = g.num_values;
+    let mut defined = vec![false; nv as usize];
+
+    // Inputs.
+    let mut kinds = HashSet::new();
+    for (i, inp) in g.inputs.iter().enumerate() {
+        let at = offs.and_then(|o| o.inputs.get(i).copied());
+        let name = inp.kind.name();
+        let e = |p| cx.graph_err(name, at, p);
+        if !kinds.insert(inp.kind.tag()) {
+            return Err(e(GraphProblem::Interface(format!("input {name} is declared twice"))));
+        }
+        match inp.kind {
+            InputKind::Sample { channels, height, width } => {
+                for (attr, v) in [("channels", channels), ("height", height), ("width", width)] {
+                    positive("input x", attr, v, MAX_CHANNELS).map_err(e)?;
+                }
+            }
+            InputKind::Context { tokens, dim } => {
+                positive("input context", "tokens", tokens, MAX_CHANNELS).map_err(e)?;
+                positive("input context", "dim", dim, MAX_CHANNELS).map_err(e)?;
+            }
+            InputKind::Timestep => {}
+        }
+        define(&mut defined, inp.value, nv).map_err(e)?;
+    }
+    if !kinds.contains(&InputKindTag::Sample) {
+        return Err(cx.graph_err("", None, GraphProblem::Interface("the graph has no sample input x".into())));
+    }
+
+    // Units.
+    for (i, u) in g.units.iter().enumerate() {
+        if u.name.is_empty() {
+            let at = offs.and_then(|o| o.units.get(i).copied()).unwrap_or(0);
+            return Err(FormatError::EmptyName { what: "unit name", offset: at });
+        }
+    }
+
+    // Nodes.
+    let mut names = HashSet::with_capacity(g.nodes.len());
+    let mut last_unit: Option<u32> = None;
+    for (i, n) in g.nodes.iter().enumerate() {
+        let at = offs.and_then(|o| o.nodes.get(i).copied()).unwrap_or(0);
+        if n.name.is_empty() {
+            return Err(FormatError::EmptyName { what: "node name", offset: at });
+        }
+        if !names.insert(n.name.as_str()) {
+            return Err(FormatError::DuplicateName { what: "node name", name: n.name.clone(), offset: at });
+        }
+        let e = |p| cx.node_err(g, i, p);
+        for v in &n.inputs {
+            if v.0 >= nv {
+                return Err(e(GraphProblem::ValueOutOfRange { value: v.0, num_values: nv }));
+            }
+            if !defined[v.0 as usize] {
+                return Err(e(GraphProblem::UseBeforeDefinition { value: v.0 }));
+            }
+        }
+        if let Some(u) = n.unit {
+            if u.0 as usize >= g.units.len() {
+                return Err(e(GraphProblem::UnitOutOfRange { unit: u.0, count: g.units.len() as u32 }));
+            }
+            if let Some(prev) = last_unit
+                && u.0 < prev
+            {
+                return Err(e(GraphProblem::UnitOrder { unit: u.0, previous: prev }));
+            }
+            last_unit = Some(u.0);
+        }
+        arity(&n.op, n.inputs.len()).map_err(e)?;
+        check_op(&cx, n).map_err(e)?;
+        define(&mut defined, n.output, nv).map_err(e)?;
+    }
+
+    // Outputs and completeness.
+    if g.outputs.is_empty() {
+        return Err(cx.graph_err("", None, GraphProblem::Interface("the graph has no output".into())));
+    }
+    for o in &g.outputs {
+        if o.value.0 >= nv || !defined[o.value.0 as usize] {
+            return Err(cx.graph_err(
+                "",
+                None,
+                GraphProblem::Interface(format!("graph output value {} is not defined", o.value.0)),
+            ));
+        }
+    }
+    if let Some(v) = defined.iter().position(|d| !d) {
+        return Err(cx.graph_err("", None, GraphProblem::UndefinedValue { value: v as u32 }));
+    }
+    Ok(())
+}
+
+/// The decoder's caps, also applied to graphs about to be written so that every written file
+/// can be read back.
+fn check_caps(g: &Graph, offset: u64) -> Result<(), FormatError> {
+    let cap = |what, n: usize, limit: u64| {
+        if n as u64 > limit { Err(FormatError::LimitExceeded { what, offset, value: n as u64, limit }) } else { Ok(()) }
+    };
+    cap("value count", g.num_values as usize, limits::MAX_VALUES)?;
+    cap("graph input count", g.inputs.len(), limits::MAX_GRAPH_IO)?;
+    cap("graph output count", g.outputs.len(), limits::MAX_GRAPH_IO)?;
+    cap("unit count", g.units.len(), limits::MAX_UNITS)?;
+    cap("node count", g.nodes.len(), limits::MAX_NODES)?;
+    for u in &g.units {
+        cap("unit name length", u.name.len(), limits::MAX_NAME_BYTES)?;
+    }
+    for n in &g.nodes {
+        cap("node name length", n.name.len(), limits::MAX_NAME_BYTES)?;
+        cap("node input count", n.inputs.len(), limits::MAX_NODE_INPUTS)?;
+        if let Some(NodeQuant::Weight(w)) = &n.quant {
+            cap("quantization group count", w.groups.len(), limits::MAX_QUANT_GROUPS)?;
+        }
+    }
+    Ok(())
+}
+
+fn define(defined: &mut [bool], v: ValueId, nv: u32) -> Result<(), GraphProblem> {
+    let slot = defined.get_mut(v.0 as usize).ok_or(GraphProblem::ValueOutOfRange { value: v.0, num_values: nv })?;
+    if *slot {
+        return Err(GraphProblem::RedefinedValue { value: v.0 });
+    }
+    *slot = true;
+    Ok(())
+}
+
+/// The dtypes a weighted op's weight may have, given its quantization record.
+fn weight_dtypes(n: &Node) -> Result<(&'static [DType], &'static str), GraphProblem> {
+    Ok(match &n.quant {
+        None => (FLOAT, "f32 or f16 (no quantization record)"),
+        Some(NodeQuant::Weight(w)) => match w.weight_bits {
+            8 => (&[DType::I8], "i8 (8-bit weights)"),
+            4 => (&[DType::I4], "i4 (4-bit weights)"),
+            b => {
+                return Err(GraphProblem::Quant(format!("weight bits {b}: must be 4 or 8")));
+            }
+        },
+        Some(NodeQuant::Attention(_)) => {
+            return Err(GraphProblem::Quant(format!("an attention record on a {} node", n.op.name())));
+        }
+    })
+}
+
+fn check_op(cx: &Ctx<'_>, n: &Node) -> Result<(), GraphProblem> {
+    let name = n.op.name();
+    match &n.op {
+        Op::Conv2d(c) => {
+            positive(name, "in_channels", c.in_channels, MAX_CHANNELS)?;
+            positive(name, "out_channels", c.out_channels, MAX_CHANNELS)?;
+            pair_positive(name, "kernel", c.kernel)?;
+            pair_positive(name, "stride", c.stride)?;
+            pair_positive(name, "dilation", c.dilation)?;
+            for p in [c.padding.top, c.padding.bottom, c.padding.left, c.padding.right] {
+                bounded(name, "padding", p)?;
+            }
+            positive(name, "groups", c.groups, MAX_CHANNELS)?;
+            if !c.in_channels.is_multiple_of(c.groups) || !c.out_channels.is_multiple_of(c.groups) {
+                return Err(bad(name, "groups", c.groups, "must divide both channel counts"));
+            }
+            let (dt, names) = weight_dtypes(n)?;
+            let shape = [c.out_channels, c.in_channels / c.groups, c.kernel[0], c.kernel[1]].map(u64::from);
+            cx.tensor("weight", c.weight, dt, names, Some(&shape))?;
+            bias(cx, c.bias, c.out_channels)?;
+            weight_quant(cx, n, c.in_channels, c.out_channels, c.groups)
+        }
+        Op::ConvTranspose2d(c) => {
+            positive(name, "in_channels", c.in_channels, MAX_CHANNELS)?;
+            positive(name, "out_channels", c.out_channels, MAX_CHANNELS)?;
+            pair_positive(name, "kernel", c.kernel)?;
+            pair_positive(name, "stride", c.stride)?;
+            for (p, op) in c.padding.into_iter().zip(c.output_padding) {
+                bounded(name, "padding", p)?;
+                bounded(name, "output_padding", op)?;
+            }
+            for d in 0..2 {
+                if c.output_padding[d] >= c.stride[d] {
+                    return Err(bad(name, "output_padding", c.output_padding[d], "must be smaller than the stride"));
+                }
+            }
+            let (dt, names) = weight_dtypes(n)?;
+            let shape = [c.in_channels, c.out_channels, c.kernel[0], c.kernel[1]].map(u64::from);
+            cx.tensor("weight", c.weight, dt, names, Some(&shape))?;
+            bias(cx, c.bias, c.out_channels)?;
+            weight_quant(cx, n, c.in_channels, c.out_channels, 1)
+        }
+        Op::Linear(l) => {
+            positive(name, "in_features", l.in_features, MAX_CHANNELS)?;
+            positive(name, "out_features", l.out_features, MAX_CHANNELS)?;
+            let (dt, names) = weight_dtypes(n)?;
+            let shape = [u64::from(l.out_features), u64::from(l.in_features)];
+            cx.tensor("weight", l.weight, dt, names, Some(&shape))?;
+            bias(cx, l.bias, l.out_features)?;
+            weight_quant(cx, n, l.in_features, l.out_features, 1)
+        }
+        Op::GroupNorm(gn) => {
+            positive(name, "channels", gn.channels, MAX_CHANNELS)?;
+            positive(name, "groups", gn.groups, MAX_CHANNELS)?;
+            if !gn.channels.is_multiple_of(gn.groups) {
+                return Err(bad(name, "groups", gn.groups, "must divide the channel count"));
+            }
+            finite_nonneg(name, "eps", gn.eps)?;
+            let shape = [u64::from(gn.channels)];
+            for (role, t) in [("weight", gn.weight), ("bias", gn.bias)] {
+                if let Some(t) = t {
+                    cx.tensor(role, t, FLOAT, "f32 or f16", Some(&shape))?;
+                }
+            }
+            no_quant(n)
+        }
+        Op::LayerNorm(ln) => {
+            positive(name, "channels", ln.channels, MAX_CHANNELS)?;
+            finite_nonneg(name, "eps", ln.eps)?;
+            let mut first: Option<Vec<u64>> = None;
+            for (role, t) in [("weight", ln.weight), ("bias", ln.bias)] {
+                let Some(t) = t else { continue };
+                let m = match ln.axes {
+                    LayerNormAxes::Channel => {
+                        cx.tensor(role, t, FLOAT, "f32 or f16", Some(&[u64::from(ln.channels)]))?
+                    }
+                    LayerNormAxes::ChannelSpatial => {
+                        let m = cx.tensor(role, t, FLOAT, "f32 or f16", None)?;
+                        if m.shape.len() != 3 || m.shape[0] != u64::from(ln.channels) || m.shape.contains(&0) {
+                            return Err(GraphProblem::TensorShape {
+                                role,
+                                tensor: t.0,
+                                found: m.shape.to_vec(),
+                                expected: vec![u64::from(ln.channels), 0, 0],
+                            });
+                        }
+                        m
+                    }
+                };
+                match &first {
+                    Some(s) if s.as_slice() != m.shape => {
+                        return Err(GraphProblem::TensorShape {
+                            role,
+                            tensor: t.0,
+                            found: m.shape.to_vec(),
+                            expected: s.clone(),
+                        });
+                    }
+                    _ => first = Some(m.shape.to_vec()),
+                }
+            }
+            no_quant(n)
+        }
+        Op::Silu | Op::Relu | Op::Gelu(_) | Op::Sigmoid | Op::Add | Op::Mul => no_quant(n),
+        Op::Concat { axis } => {
+            if !(1..=3).contains(axis) {
+                return Err(bad(name, "axis", axis, "must be 1, 2 or 3"));
+            }
+            no_quant(n)
+        }
+        Op::Pad(p) => {
+            if let Pad::Fixed { padding, value } = p {
+                for v in [padding.top, padding.bottom, padding.left, padding.right] {
+                    bounded(name, "padding", v)?;
+                }
+                if !value.is_finite() {
+                    return Err(bad(name, "value", value, "must be finite"));
+                }
+            }
+            no_quant(n)
+        }
+        Op::UpsampleNearest { scale } => {
+            positive(name, "scale", *scale, 1024)?;
+            no_quant(n)
+        }
+        Op::AvgPool2d(p) => {
+            pair_positive(name, "kernel", p.kernel)?;
+            pair_positive(name, "stride", p.stride)?;
+            no_quant(n)
+        }
+        Op::TimestepEmbedding(te) => {
+            positive(name, "dim", te.dim(), MAX_CHANNELS)?;
+            match *te {
+                TimestepEmbedding::Sinusoidal { dim, denominator, max_period, .. } => {
+                    finite_positive(name, "max_period", max_period)?;
+                    let min = match denominator {
+                        FreqDenominator::HalfMinusOne => 4,
+                        FreqDenominator::Half => 2,
+                    };
+                    if dim < min {
+                        return Err(bad(name, "dim", dim, "too small for the frequency formula"));
+                    }
+                }
+                TimestepEmbedding::Table { dim, table } => {
+                    let m = cx.tensor("table", table, FLOAT, "f32 or f16", None)?;
+                    if m.shape.len() != 2 || m.shape[0] == 0 || m.shape[1] != u64::from(dim) {
+                        return Err(GraphProblem::TensorShape {
+                            role: "table",
+                            tensor: table.0,
+                            found: m.shape.to_vec(),
+                            expected: vec![0, u64::from(dim)],
+                        });
+                    }
+                }
+            }
+            no_quant(n)
+        }
+        Op::Attention(a) => {
+            positive(name, "channels", a.channels, MAX_CHANNELS)?;
+            positive(name, "heads", a.heads, MAX_CHANNELS)?;
+            if !a.channels.is_multiple_of(a.heads) {
+                return Err(bad(name, "heads", a.heads, "must divide the channel count"));
+            }
+            finite_positive(name, "scale", a.scale)?;
+            match &n.quant {
+                None => Ok(()),
+                Some(NodeQuant::Attention(q)) => {
+                    for (which, x) in [("q", &q.q), ("k", &q.k), ("v", &q.v), ("prob", &q.prob)] {
+                        act_quant(which, x)?;
+                    }
+                    Ok(())
+                }
+                Some(NodeQuant::Weight(_)) => Err(GraphProblem::Quant("a weight record on an Attention node".into())),
+            }
+        }
+    }
+}
+
+fn bias(cx: &Ctx<'_>, t: Option<TensorId>, out: u32) -> Result<(), GraphProblem> {
+    if let Some(t) = t {
+        cx.tensor("bias", t, FLOAT, "f32 or f16", Some(&[u64::from(out)]))?;
+    }
+    Ok(())
+}
+
+fn no_quant(n: &Node) -> Result<(), GraphProblem> {
+    match n.quant {
+        None => Ok(()),
+        Some(_) => Err(GraphProblem::Quant(format!("{} nodes cannot carry a quantization record", n.op.name()))),
+    }
+}
+
+fn act_quant(which: &str, a: &ActQuant) -> Result<(), GraphProblem> {
+    if !(1..=8).contains(&a.bits) {
+        return Err(GraphProblem::Quant(format!("{which} quantizer: bits {} not in 1..=8", a.bits)));
+    }
+    if u32::from(a.zero_point) >= 1u32 << a.bits {
+        return Err(GraphProblem::Quant(format!(
+            "{which} quantizer: zero-point {} does not fit {} bits",
+            a.zero_point, a.bits
+        )));
+    }
+    if !a.delta.is_finite() || a.delta <= 0.0 {
+        return Err(GraphProblem::Quant(format!("{which} quantizer: step {} must be finite and positive", a.delta)));
+    }
+    Ok(())
+}
+
+/// Checks a weight quantization record (if any) of a conv/linear node.
+fn weight_quant(cx: &Ctx<'_>, n: &Node, in_ch: u32, out_ch: u32, conv_groups: u32) -> Result<(), GraphProblem> {
+    let Some(NodeQuant::Weight(w)) = &n.quant else {
+        return Ok(());
+    };
+    if w.groups.is_empty() {
+        return Err(GraphProblem::Quant("no input-channel groups".into()));
+    }
+    if w.groups.len() > 1 && conv_groups != 1 {
+        return Err(GraphProblem::Quant("split input-channel groups on a grouped convolution".into()));
+    }
+    let quantized = w.groups[0].input.is_some();
+    let mut prev: Option<u32> = None;
+    for (gi, g) in w.groups.iter().enumerate() {
+        let start_ok = match prev {
+            None => g.channel_start == 0,
+            Some(p) => g.channel_start > p && g.channel_start < in_ch,
+        };
+        if !start_ok {
+            return Err(GraphProblem::Quant(format!(
+                "group {gi} starts at input channel {}: groups must start at 0 and increase strictly below {in_ch}",
+                g.channel_start
+            )));
+        }
+        prev = Some(g.channel_start);
+        cx.tensor("weight_scales", g.weight_scales, &[DType::F32], "f32", Some(&[u64::from(out_ch)]))?;
+        if g.input.is_some() != quantized {
+            return Err(GraphProblem::Quant("either every group quantizes its input or none does".into()));
+        }
+        if let Some(a) = &g.input {
+            act_quant("input", a)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! `edadm`: the command line of the edadm toolkit.
+#![forbid(unsafe_code)]
+
+mod inspect;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use edadm_format::{FormatError, MappedModel};
+
+#[derive(Parser, Debug)]
+#[command(name = "edadm", version, about = "Quantize diffusion models with EDA-DM and run them with integer kernels")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show what an .edq file holds: header, metadata, graph, tensors, size by dtype.
+    /// Verifies every checksum; a damaged file exits with status 2.
+    Inspect {
+        /// The .edq file.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Print long metadata values in full.
+        #[arg(long)]
+        full: bool,
+    },
+}
+
+/// A failure with the exit status it maps to.
+struct Failure {
+    status: u8,
+    message: String,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure { status: 1, message: format!("{e:#}") }
+    }
+}
+
+/// An invalid file exits 2; a file that cannot be read exits 1.
+fn file_failure(path: &std::path::Path, e: FormatError) -> Failure {
+    match e {
+        FormatError::Io { .. } => Failure { status: 1, message: e.to_string() },
+        e => Failure { status: 2, message: format!("{}: invalid .edq file: {e}", path.display()) },
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Inspect { file, json, full } => {
+            let model = MappedModel::open(&file).map_err(|e| file_failure(&file, e))?;
+            model.verify().map_err(|e| file_failure(&file, e))?;
+            let path = file.display().to_string();
+            let out = if json {
+                serde_json::to_string_pretty(&inspect::json(&model, &path)).map_err(anyhow::Error::from)? + "\n"
+            } else {
+                inspect::text(&model, &path, full)
+            };
+            write_stdout(&out)
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`edadm inspect m.edq | head`) is not an error.
+fn write_stdout(s: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(s.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::from(e).into()),
+        _ => Ok(()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            // One line, whatever the error.
+            eprintln!("error: {}", f.message.replace('\n', " "));
+            ExitCode::from(f.status)
+        }
+    }
+}
