@@ -1,7 +1,10 @@
 //! `edadm`: the command line of the edadm toolkit.
 #![forbid(unsafe_code)]
 
+mod import_cmd;
 mod inspect;
+mod output;
+mod sample;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +21,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Import a checkpoint (ddpm, diffusers, mnist-unet) as an f32/f16 .edq model.
+    Import(import_cmd::ImportArgs),
+    /// Generate samples with a model and write them as a PNG grid.
+    Sample(sample::SampleArgs),
     /// Show what an .edq file holds: header, metadata, graph, tensors, size by dtype.
     /// Verifies every checksum; a damaged file exits with status 2.
     Inspect {
@@ -54,6 +61,8 @@ fn file_failure(path: &std::path::Path, e: FormatError) -> Failure {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Import(a) => Ok(import_cmd::run(a)?),
+        Command::Sample(a) => Ok(sample::run(a)?),
         Command::Inspect { file, json, full } => {
             let model = MappedModel::open(&file).map_err(|e| file_failure(&file, e))?;
             model.verify().map_err(|e| file_failure(&file, e))?;

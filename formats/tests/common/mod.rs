@@ -109,7 +109,6 @@ impl G<'_, '_> {
     }
 
     // A fixture helper mirroring Conv2d's own attribute list.
-    #[allow(clippy::too_many_arguments)]
     fn conv(
         &mut self,
         name: &str,

@@ -1,0 +1,143 @@
+//! Binary element-wise ops with the graph's broadcasting rule, data movement (concat, pad,
+//! upsample, pool) and the timestep embedding.
+
+/// A binary element-wise op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binary {
+    /// `a + b`.
+    Add,
+    /// `a · b`.
+    Mul,
+}
+
+crate::simd::multiversion! {
+    /// `y = a ∘ b` where `b` has the same length as `a`, or is `[n, c]` broadcast over the `inner`
+    /// positions of each channel of `a = [n, c, inner]`.
+    pub fn binary(op: Binary, a: &[f32], b: &[f32], n: usize, c: usize, inner: usize, y: &mut [f32]) => binary_generic
+}
+
+#[inline(always)]
+fn binary_generic(op: Binary, a: &[f32], b: &[f32], n: usize, c: usize, inner: usize, y: &mut [f32]) {
+    assert!(a.len() == n * c * inner && y.len() == a.len(), "binary op shapes");
+    let f = |x: f32, z: f32| match op {
+        Binary::Add => x + z,
+        Binary::Mul => x * z,
+    };
+    if b.len() == a.len() {
+        for ((d, &x), &z) in y.iter_mut().zip(a).zip(b) {
+            *d = f(x, z);
+        }
+    } else {
+        assert_eq!(b.len(), n * c, "broadcast operand must be [N, C]");
+        for (blk, (ys, xs)) in y.chunks_exact_mut(inner).zip(a.chunks_exact(inner)).enumerate() {
+            let z = b[blk];
+            for (d, &x) in ys.iter_mut().zip(xs) {
+                *d = f(x, z);
+            }
+        }
+    }
+}
+
+/// One input of a concatenation along an axis: `y` is `outer` blocks of `total` elements;
+/// `x` contributes `inner` elements per block, placed at `offset` within each block.
+pub fn concat_part(x: &[f32], inner: usize, offset: usize, total: usize, outer: usize, y: &mut [f32]) {
+    assert!(x.len() == outer * inner && y.len() == outer * total && offset + inner <= total, "concat shapes");
+    for o in 0..outer {
+        y[o * total + offset..o * total + offset + inner].copy_from_slice(&x[o * inner..(o + 1) * inner]);
+    }
+}
+
+/// Constant padding of `planes` planes `[h, w]`: `pad = [top, bottom, left, right]`.
+pub fn pad(x: &[f32], planes: usize, h: usize, w: usize, pad: [usize; 4], value: f32, y: &mut [f32]) {
+    let (oh, ow) = (h + pad[0] + pad[1], w + pad[2] + pad[3]);
+    assert!(x.len() == planes * h * w && y.len() == planes * oh * ow, "pad shapes");
+    for p in 0..planes {
+        let dst = &mut y[p * oh * ow..(p + 1) * oh * ow];
+        dst.fill(value);
+        for r in 0..h {
+            let o = (r + pad[0]) * ow + pad[2];
+            dst[o..o + w].copy_from_slice(&x[(p * h + r) * w..(p * h + r + 1) * w]);
+        }
+    }
+}
+
+/// Nearest-neighbour upsampling of `planes` planes `[h, w]` by `s`.
+pub fn upsample_nearest(x: &[f32], planes: usize, h: usize, w: usize, s: usize, y: &mut [f32]) {
+    let ow = w * s;
+    assert!(x.len() == planes * h * w && y.len() == planes * h * s * ow, "upsample shapes");
+    for p in 0..planes {
+        for r in 0..h {
+            let src = &x[(p * h + r) * w..(p * h + r + 1) * w];
+            let base = (p * h * s + r * s) * ow;
+            let first = &mut y[base..base + ow];
+            for (c, &v) in src.iter().enumerate() {
+                first[c * s..(c + 1) * s].fill(v);
+            }
+            for k in 1..s {
+                let (done, rest) = y[base..].split_at_mut(k * ow);
+                rest[..ow].copy_from_slice(&done[..ow]);
+            }
+        }
+    }
+}
+
+/// Average pooling without padding of `planes` planes `[h, w]`.
+pub fn avg_pool2d(x: &[f32], planes: usize, h: usize, w: usize, kernel: [usize; 2], stride: [usize; 2], y: &mut [f32]) {
+    let (oh, ow) = ((h - kernel[0]) / stride[0] + 1, (w - kernel[1]) / stride[1] + 1);
+    assert!(x.len() == planes * h * w && y.len() == planes * oh * ow, "avg_pool shapes");
+    let inv = 1.0 / (kernel[0] * kernel[1]) as f32;
+    for p in 0..planes {
+        let src = &x[p * h * w..(p + 1) * h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut s = 0.0;
+                for i in 0..kernel[0] {
+                    let row = &src[(oy * stride[0] + i) * w + ox * stride[1]..][..kernel[1]];
+                    s += row.iter().sum::<f32>();
+                }
+                y[(p * oh + oy) * ow + ox] = s * inv;
+            }
+        }
+    }
+}
+
+/// Order of the halves of a sinusoidal embedding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinusoidOrder {
+    /// `[sin, cos]`.
+    SinCos,
+    /// `[cos, sin]`.
+    CosSin,
+}
+
+/// Sinusoidal timestep embedding, computed in f32 the way PyTorch implementations do:
+/// `f_i = exp(i · (−ln(max_period)/d))` with the scalar `−ln(max_period)/d` rounded to f32,
+/// `arg = t·f_i`, then `sin`/`cos`; `d` is `half − 1` or `half`; odd `dim` gets a zero column.
+pub fn timestep_sinusoid(
+    t: &[f32],
+    dim: usize,
+    order: SinusoidOrder,
+    half_minus_one: bool,
+    max_period: f32,
+    y: &mut [f32],
+) {
+    let half = dim / 2;
+    assert!(y.len() == t.len() * dim, "timestep embedding shapes");
+    let d = if half_minus_one { half - 1 } else { half } as f64;
+    let step = (-(f64::from(max_period)).ln() / d) as f32;
+    for (row, &tv) in y.chunks_exact_mut(dim).zip(t) {
+        for i in 0..half {
+            let arg = tv * (i as f32 * step).exp();
+            let (s, c) = (arg.sin(), arg.cos());
+            let (first, second) = match order {
+                SinusoidOrder::SinCos => (s, c),
+                SinusoidOrder::CosSin => (c, s),
+            };
+            row[i] = first;
+            row[half + i] = second;
+        }
+        if dim % 2 == 1 {
+            row[dim - 1] = 0.0;
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! f32 operators built on the GEMM and on element-wise loops.
+
+pub mod act;
+pub mod attention;
+pub mod conv;
+pub mod elementwise;
+pub mod norm;

@@ -1,0 +1,175 @@
+//! Normalisations (biased variance, as PyTorch), with an optional fused activation.
+
+use super::act::Activation;
+
+/// Σ f(x) over 16 f32 lanes (vectorisable; pairwise-like accuracy for the lengths of norms).
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    // Pairwise reduction of the lanes.
+    let mut w = 16;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+    }
+    acc[0] + tail
+}
+
+/// Σ x.
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    lane_sum(x, |v| v)
+}
+
+/// Mean and biased variance of `x`: one pass for the mean, one for the centred squares (so
+/// large offsets do not cancel).
+#[inline(always)]
+fn mean_var(x: &[f32]) -> (f32, f32) {
+    if x.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = x.len() as f32;
+    let mean = lane_sum(x, |v| v) / n;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / n;
+    (mean, var)
+}
+
+crate::simd::multiversion! {
+    /// Group normalisation of `n` images `[c, hw]`: each group of `c/groups` channels is
+    /// normalised over its channels and positions, then scaled and shifted per channel, then
+    /// `act` is applied.
+    pub fn group_norm(
+        x: &[f32],
+        n: usize,
+        c: usize,
+        hw: usize,
+        groups: usize,
+        eps: f32,
+        gamma: Option<&[f32]>,
+        beta: Option<&[f32]>,
+        act: Activation,
+        y: &mut [f32],
+    ) => group_norm_generic
+}
+
+crate::simd::multiversion! {
+    /// Layer normalisation over `[c, h, w]` jointly of each of `n` images (`nn.LayerNorm((C, H,
+    /// W))`); `gamma`/`beta` have `c·h·w` elements.
+    pub fn layer_norm_chw(
+        x: &[f32],
+        n: usize,
+        len: usize,
+        eps: f32,
+        gamma: Option<&[f32]>,
+        beta: Option<&[f32]>,
+        act: Activation,
+        y: &mut [f32],
+    ) => layer_norm_chw_generic
+}
+
+#[inline(always)]
+fn group_norm_generic(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    groups: usize,
+    eps: f32,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    assert!(c.is_multiple_of(groups) && x.len() >= n * c * hw && y.len() >= n * c * hw, "group_norm shapes");
+    let cg = c / groups;
+    for img in 0..n {
+        for g in 0..groups {
+            let base = (img * c + g * cg) * hw;
+            let xs = &x[base..base + cg * hw];
+            let (mean, var) = mean_var(xs);
+            let inv = 1.0 / (var + eps).sqrt();
+            for ci in 0..cg {
+                let ch = g * cg + ci;
+                let (ga, be) = (gamma.map_or(1.0, |v| v[ch]), beta.map_or(0.0, |v| v[ch]));
+                let (s, o) = (inv * ga, be - mean * inv * ga);
+                let src = &xs[ci * hw..(ci + 1) * hw];
+                let dst = &mut y[base + ci * hw..base + (ci + 1) * hw];
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = v * s + o;
+                }
+                act.apply_in_place(dst);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn layer_norm_chw_generic(
+    x: &[f32],
+    n: usize,
+    len: usize,
+    eps: f32,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    assert!(x.len() >= n * len && y.len() >= n * len, "layer_norm shapes");
+    for img in 0..n {
+        let xs = &x[img * len..(img + 1) * len];
+        let (mean, var) = mean_var(xs);
+        let inv = 1.0 / (var + eps).sqrt();
+        let dst = &mut y[img * len..(img + 1) * len];
+        for (i, (d, &v)) in dst.iter_mut().zip(xs).enumerate() {
+            *d = (v - mean) * inv * gamma.map_or(1.0, |g| g[i]) + beta.map_or(0.0, |b| b[i]);
+        }
+        act.apply_in_place(dst);
+    }
+}
+
+/// Layer normalisation over the channel axis at each position. `x` is `n` blocks of
+/// `[c, positions]` when `channel_stride = positions` (NCHW) or `[positions, c]` when
+/// `channel_stride = 1` (tokens, `[N, L, C]`).
+pub fn layer_norm_channel(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    positions: usize,
+    channels_last: bool,
+    eps: f32,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let len = c * positions;
+    assert!(x.len() >= n * len && y.len() >= n * len, "layer_norm shapes");
+    let (cs, ps) = if channels_last { (1, c) } else { (positions, 1) };
+    for img in 0..n {
+        let base = img * len;
+        for p in 0..positions {
+            let at = |ch: usize| base + p * ps + ch * cs;
+            let mean = (0..c).map(|ch| f64::from(x[at(ch)])).sum::<f64>() / c as f64;
+            let var = (0..c)
+                .map(|ch| {
+                    let d = f64::from(x[at(ch)]) - mean;
+                    d * d
+                })
+                .sum::<f64>()
+                / c as f64;
+            let inv = 1.0 / (var as f32 + eps).sqrt();
+            for ch in 0..c {
+                y[at(ch)] =
+                    (x[at(ch)] - mean as f32) * inv * gamma.map_or(1.0, |g| g[ch]) + beta.map_or(0.0, |b| b[ch]);
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Reading checkpoints: `.safetensors`, and PyTorch `.ckpt`/`.pth`/`.pt`/`.bin` (zip, legacy
+//! and tar containers, flat or nested `state_dict`) into f32 tensors, without executing pickle
+//! code. Every key a family builder takes is recorded, so leftover keys can be reported.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::ImportError;
+
+/// One tensor, converted to f32, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Elements.
+    pub data: Vec<f32>,
+}
+
+/// The tensors of a checkpoint, keyed by name, with the keys taken so far.
+#[derive(Debug, Default)]
+pub struct Checkpoint {
+    tensors: BTreeMap<String, Tensor>,
+    taken: BTreeSet<String>,
+    /// Where the tensors came from, for messages.
+    pub source: String,
+    /// SHA-256 of the checkpoint file (lower-case hex), when read from a file.
+    pub sha256: Option<String>,
+}
+
+fn sha256_file(path: &Path) -> Result<String, ImportError> {
+    let mut f = std::fs::File::open(path).map_err(|e| ImportError::io(path, &e))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| ImportError::io(path, &e))?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn to_f32(bytes: &[u8], dtype: &str, key: &str, source: &str) -> Result<Vec<f32>, ImportError> {
+    Ok(match dtype {
+        "f32" => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        "f16" => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        "bf16" => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        "f64" => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect(),
+        other => {
+            return Err(ImportError::Checkpoint {
+                origin: source.into(),
+                detail: format!("tensor {key:?} has dtype {other}; only floating-point parameters can be imported"),
+            });
+        }
+    })
+}
+
+impl Checkpoint {
+    /// Reads a checkpoint file, chosen by extension.
+    pub fn open(path: &Path) -> Result<Checkpoint, ImportError> {
+        let source = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|e| ImportError::io(path, &e))?;
+        if meta.is_dir() {
+            return Err(ImportError::Checkpoint {
+                origin: source,
+                detail: "is a directory (use --family diffusers for a diffusers model folder)".into(),
+            });
+        }
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        let tensors = match ext.as_str() {
+            "safetensors" => Self::read_safetensors(path, &source)?,
+            "ckpt" | "pth" | "pt" | "bin" => Self::read_torch(path, &source)?,
+            _ => {
+                return Err(ImportError::Checkpoint {
+                    origin: source,
+                    detail: "unknown checkpoint type: expected .safetensors, .ckpt, .pth, .pt or .bin".into(),
+                });
+            }
+        };
+        Ok(Checkpoint { tensors, taken: BTreeSet::new(), sha256: Some(sha256_file(path)?), source })
+    }
+
+    fn read_safetensors(path: &Path, source: &str) -> Result<BTreeMap<String, Tensor>, ImportError> {
+        let bytes = std::fs::read(path).map_err(|e| ImportError::io(path, &e))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ImportError::Checkpoint {
+            origin: source.into(),
+            detail: format!("not a valid safetensors file: {e}"),
+        })?;
+        let mut out = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let dtype = match view.dtype() {
+                safetensors::Dtype::F32 => "f32",
+                safetensors::Dtype::F16 => "f16",
+                safetensors::Dtype::BF16 => "bf16",
+                safetensors::Dtype::F64 => "f64",
+                other => {
+                    // Integer buffers (step counters and the like) are not parameters.
+                    let _ = other;
+                    continue;
+                }
+            };
+            let data = to_f32(view.data(), dtype, &name, source)?;
+            out.insert(name, Tensor { shape: view.shape().to_vec(), data });
+        }
+        Ok(out)
+    }
+
+    fn read_torch(path: &Path, source: &str) -> Result<BTreeMap<String, Tensor>, ImportError> {
+        let reader = pytorch_reader::PytorchReader::new(path).map_err(|e| ImportError::Checkpoint {
+            origin: source.into(),
+            detail: format!("cannot read PyTorch checkpoint: {e}"),
+        })?;
+        let mut out = BTreeMap::new();
+        for (name, t) in reader.tensors() {
+            use pytorch_reader::DType as D;
+            let dtype = match t.dtype() {
+                D::F32 => "f32",
+                D::F16 => "f16",
+                D::BF16 => "bf16",
+                D::F64 => "f64",
+                _ => continue, // integer buffers (num_batches_tracked, step counters)
+            };
+            let bytes = t.read().map_err(|e| ImportError::io(path, &e))?;
+            // pytorch-reader returns native-endian bytes.
+            let data = if cfg!(target_endian = "little") {
+                to_f32(&bytes, dtype, name, source)?
+            } else {
+                return Err(ImportError::Checkpoint {
+                    origin: source.into(),
+                    detail: "big-endian hosts are not supported".into(),
+                });
+            };
+            out.insert(name.clone(), Tensor { shape: t.shape().to_vec(), data });
+        }
+        Ok(out)
+    }
+
+    /// A checkpoint from tensors in memory (tests, converters).
+    pub fn from_tensors(source: &str, tensors: impl IntoIterator<Item = (String, Tensor)>) -> Checkpoint {
+        Checkpoint {
+            tensors: tensors.into_iter().collect(),
+            taken: BTreeSet::new(),
+            source: source.into(),
+            sha256: None,
+        }
+    }
+
+    /// All tensors, consuming the checkpoint.
+    pub fn into_tensors(self) -> BTreeMap<String, Tensor> {
+        self.tensors
+    }
+
+    /// Keys, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// Keeps only the model stored under a prefix and strips it. The prefix is `key` if given
+    /// (e.g. `state_dict`, `ema`, `4.module`), else found from `anchor` (a key every checkpoint of
+    /// the family has, e.g. `conv_in.weight`): nested `state_dict`s, `module.` wrappers of
+    /// DataParallel and list-wrapped states are recognised; several models are an error that
+    /// names them.
+    pub fn select_model(&mut self, key: Option<&str>, anchor: &str) -> Result<(), ImportError> {
+        let prefix = match key {
+            Some(k) => {
+                let p = format!("{}.", k.trim_end_matches('.'));
+                if !self.tensors.contains_key(&format!("{p}{anchor}")) {
+                    return Err(ImportError::Checkpoint {
+                        origin: self.source.clone(),
+                        detail: format!("no tensor {p}{anchor}: --key {k:?} does not hold the model"),
+                    });
+                }
+                p
+            }
+            None => {
+                let suffix = format!(".{anchor}");
+                let mut found: Vec<String> = self
+                    .tensors
+                    .keys()
+                    .filter_map(|k| {
+                        if k == anchor { Some(String::new()) } else { k.strip_suffix(&suffix).map(|p| format!("{p}.")) }
+                    })
+                    .collect();
+                found.sort();
+                match found.len() {
+                    0 => {
+                        return Err(ImportError::Missing { key: anchor.into(), origin: self.source.clone() });
+                    }
+                    1 => found.remove(0),
+                    _ => {
+                        let list: Vec<String> =
+                            found.iter().map(|p| format!("{:?}", p.trim_end_matches('.'))).collect();
+                        return Err(ImportError::Checkpoint {
+                            origin: self.source.clone(),
+                            detail: format!(
+                                "it holds several models (under {}); choose one with --key",
+                                list.join(", ")
+                            ),
+                        });
+                    }
+                }
+            }
+        };
+        if !prefix.is_empty() {
+            let all = std::mem::take(&mut self.tensors);
+            self.tensors =
+                all.into_iter().filter_map(|(k, v)| k.strip_prefix(&prefix).map(|s| (s.to_string(), v))).collect();
+        }
+        Ok(())
+    }
+
+    /// Whether `key` exists (not yet taken).
+    pub fn has(&self, key: &str) -> bool {
+        self.tensors.contains_key(key) && !self.taken.contains(key)
+    }
+
+    /// The shape of `key`, if present.
+    pub fn shape(&self, key: &str) -> Option<&[usize]> {
+        self.tensors.get(key).map(|t| t.shape.as_slice())
+    }
+
+    /// Takes `key`, checking its shape (`expected` may list fewer dimensions when trailing
+    /// ones of size 1 are allowed to differ — see [`Checkpoint::take_reshaped`]).
+    pub fn take(&mut self, key: &str, expected: &[usize]) -> Result<Tensor, ImportError> {
+        let t = self
+            .tensors
+            .get(key)
+            .ok_or_else(|| ImportError::Missing { key: key.into(), origin: self.source.clone() })?;
+        if t.shape != expected {
+            return Err(ImportError::Shape { key: key.into(), expected: expected.to_vec(), found: t.shape.clone() });
+        }
+        self.taken.insert(key.to_string());
+        Ok(t.clone())
+    }
+
+    /// Takes `key` whose element count must match `shape` and whose shape must be `shape` or one
+    /// of `alternatives` (a Linear `[o, i]` used as a 1×1 conv `[o, i, 1, 1]`, say); returns it
+    /// with `shape`.
+    pub fn take_reshaped(
+        &mut self,
+        key: &str,
+        shape: &[usize],
+        alternatives: &[&[usize]],
+    ) -> Result<Tensor, ImportError> {
+        let t = self
+            .tensors
+            .get(key)
+            .ok_or_else(|| ImportError::Missing { key: key.into(), origin: self.source.clone() })?;
+        if t.shape != shape && !alternatives.iter().any(|a| t.shape == *a) {
+            return Err(ImportError::Shape { key: key.into(), expected: shape.to_vec(), found: t.shape.clone() });
+        }
+        self.taken.insert(key.to_string());
+        Ok(Tensor { shape: shape.to_vec(), data: t.data.clone() })
+    }
+
+    /// Keys present but never taken.
+    pub fn unused(&self) -> Vec<&str> {
+        self.tensors.keys().filter(|k| !self.taken.contains(*k)).map(String::as_str).collect()
+    }
+}

@@ -1,0 +1,97 @@
+//! Sessions on the format crate's golden tiny models: every kernel tier computes the same
+//! thing, impossible requests and inputs are errors, quantized graphs are refused clearly.
+
+use edadm_kernels::Tier;
+use edadm_runtime::{Model, RuntimeError, Session, SessionOptions};
+
+fn golden(name: &str) -> String {
+    format!("{}/../formats/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn inputs(batch: usize) -> (Vec<f32>, Vec<f32>) {
+    let x: Vec<f32> = (0..batch * 64).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let t: Vec<f32> = (0..batch).map(|i| (i * 3 % 10) as f32).collect();
+    (x, t)
+}
+
+#[test]
+fn every_kernel_tier_computes_the_same_outputs() {
+    let model = Model::open(golden("tiny-fp32.edq")).unwrap();
+    let (x, t) = inputs(3);
+    let mut reference: Option<Vec<f32>> = None;
+    for &tier in Tier::compiled() {
+        let opts = SessionOptions { tier: Some(tier), ..SessionOptions::batch(3) };
+        let mut s = match Session::new(&model, &opts) {
+            Ok(s) => s,
+            Err(RuntimeError::Kernels(_)) => {
+                println!("skipped: {} (this CPU lacks it)", tier.name());
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let out = s.run(&x, &t).unwrap().to_vec();
+        assert!(out.iter().all(|v| v.is_finite()));
+        match &reference {
+            None => reference = Some(out),
+            Some(r) => {
+                let scale = r.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                let err = r.iter().zip(&out).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+                assert!(err < 1e-5, "{} differs from the reference by {err}", tier.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn batches_are_independent() {
+    let model = Model::open(golden("tiny-fp32.edq")).unwrap();
+    let (x, t) = inputs(3);
+    let mut s3 = Session::new(&model, &SessionOptions::batch(3)).unwrap();
+    let all = s3.run(&x, &t).unwrap().to_vec();
+    let mut s1 = Session::new(&model, &SessionOptions::batch(1)).unwrap();
+    for i in 0..3 {
+        let one = s1.run(&x[i * 64..(i + 1) * 64], &t[i..i + 1]).unwrap();
+        assert_eq!(one, &all[i * 64..(i + 1) * 64]);
+    }
+}
+
+#[test]
+fn impossible_requests_and_inputs_are_errors() {
+    let model = Model::open(golden("tiny-fp32.edq")).unwrap();
+    let e = Session::new(&model, &SessionOptions::batch(0)).unwrap_err();
+    assert!(matches!(e, RuntimeError::Session(_)), "{e}");
+    // The graph's LayerNorm over (C, H, W) fixes the size at 8×8.
+    let e = Session::new(&model, &SessionOptions { height: Some(16), width: Some(16), ..SessionOptions::batch(1) })
+        .unwrap_err();
+    assert!(matches!(&e, RuntimeError::Shape { node, .. } if node == "up.ln"), "{e}");
+    let e = Session::new(&model, &SessionOptions { height: Some(1), width: Some(1), ..SessionOptions::batch(1) })
+        .unwrap_err();
+    assert!(matches!(e, RuntimeError::Shape { .. }), "{e}");
+    let mut s = Session::new(&model, &SessionOptions::batch(2)).unwrap();
+    assert!(matches!(s.run(&[0.0; 10], &[1.0, 2.0]), Err(RuntimeError::Input(_))));
+    assert!(matches!(s.run(&[0.0; 128], &[1.0]), Err(RuntimeError::Input(_))));
+    // The stored timestep table has 10 rows: t = 10 or 2.5 cannot index it.
+    let e = s.run(&[0.0; 128], &[1.0, 10.0]).unwrap_err();
+    assert!(e.to_string().contains("temb2"), "{e}");
+    assert!(s.run(&[0.0; 128], &[1.0, 2.5]).is_err());
+}
+
+#[test]
+fn quantized_graphs_are_refused_by_name() {
+    let model = Model::open(golden("tiny-w4a8.edq")).unwrap();
+    assert!(model.is_quantized());
+    let e = Session::new(&model, &SessionOptions::batch(1)).unwrap_err();
+    assert!(
+        matches!(&e, RuntimeError::Unsupported { node, what } if node == "temb.dense.0" && what.contains("8-bit")),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_files_are_format_errors() {
+    let e = Model::open("/nonexistent.edq").unwrap_err();
+    assert!(matches!(e, RuntimeError::Format(_)), "{e}");
+    let mut bytes = std::fs::read(golden("tiny-fp32.edq")).unwrap();
+    bytes.truncate(1000);
+    assert!(matches!(Model::from_bytes(bytes), Err(RuntimeError::Format(_))));
+}

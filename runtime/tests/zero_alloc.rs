@@ -1,0 +1,99 @@
+//! A sampling run performs no heap allocation: a counting global allocator around every
+//! sampler on a model that uses every op (the format crate's golden `tiny-fp32.edq`).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use edadm_runtime::sampler::{Sampler, SamplerConfig, SamplerKind, Skip, noise};
+use edadm_runtime::{Model, Session, SessionOptions};
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+struct Counting;
+
+fn count() {
+    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; counting touches only a
+// const-initialised thread-local cell, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: forwarded with the caller's pointer, layout and size.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_during(f: impl FnOnce()) -> usize {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+fn golden_model() -> Model {
+    Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/../formats/tests/golden/tiny-fp32.edq")).unwrap()
+}
+
+#[test]
+fn a_sampling_run_allocates_nothing() {
+    let model = golden_model();
+    let schedule = model.schedule().unwrap();
+    for batch in [1, 3] {
+        let mut session = Session::new(&model, &SessionOptions::batch(batch)).unwrap();
+        let len = session.sample_len();
+        for (kind, eta, skip) in [
+            (SamplerKind::Ddim, 0.0, Skip::Quad),
+            (SamplerKind::Ddim, 0.5, Skip::Uniform),
+            (SamplerKind::Ddpm, 0.0, Skip::Uniform),
+            (SamplerKind::Plms, 0.0, Skip::Uniform),
+            (SamplerKind::DpmSolverPP, 0.0, Skip::Quad),
+        ] {
+            let cfg = SamplerConfig { kind, steps: 5, skip, eta, clip_x0: true, seed: 3, first_image: 0 };
+            let mut sampler = Sampler::new(&schedule, cfg, batch, len).unwrap();
+            let mut x = vec![0f32; len];
+            noise::initial_noise(3, 0, &mut x, batch);
+            let mut steps = 0;
+            let n = allocations_during(|| {
+                sampler.run(&mut session, &mut x, &mut |_, _| steps += 1).unwrap();
+            });
+            assert_eq!(n, 0, "{kind:?} (eta {eta}, batch {batch}) allocated {n} times in {steps} steps");
+            assert_eq!(steps, sampler.num_steps());
+        }
+        // One bare evaluation, too.
+        let x = vec![0.1f32; len];
+        let t = vec![4.0f32; batch];
+        let n = allocations_during(|| {
+            session.run(&x, &t).unwrap();
+        });
+        assert_eq!(n, 0, "Session::run allocated");
+    }
+}
+
+#[test]
+fn the_counter_counts() {
+    let n = allocations_during(|| {
+        let v: Vec<u8> = Vec::with_capacity(10);
+        std::hint::black_box(v);
+    });
+    assert_eq!(n, 1);
+}

@@ -1,0 +1,97 @@
+//! Writing outputs atomically: PNG grids of samples and NumPy `.npy` arrays.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+/// Writes `path` through `write` into a temporary file next to it, then renames it into place,
+/// so a failed or interrupted run never leaves a partial file under the final name.
+pub fn atomic_write(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
+) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        write(&mut w)?;
+        let f =
+            w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all().with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Samples `[n, c, h, w]` (c = 1 or 3) mapped from `range` to pixels and tiled into a grid with
+/// a 2-pixel grey border, each image scaled up `scale` times (nearest).
+pub fn png_grid(
+    path: &Path,
+    x: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    range: [f32; 2],
+    scale: usize,
+) -> Result<()> {
+    if c != 1 && c != 3 {
+        bail!("cannot write {c}-channel samples as an image (1 or 3 channels)");
+    }
+    let cols = (n as f64).sqrt().ceil() as usize;
+    let rows = n.div_ceil(cols);
+    let (ih, iw) = (h * scale, w * scale);
+    let border = 2;
+    let (gh, gw) = (rows * (ih + border) + border, cols * (iw + border) + border);
+    let mut img = vec![128u8; gh * gw * c];
+    let (lo, hi) = (range[0], range[1]);
+    for i in 0..n {
+        let (r, col) = (i / cols, i % cols);
+        for y in 0..ih {
+            for xx in 0..iw {
+                for ch in 0..c {
+                    let v = x[((i * c + ch) * h + y / scale) * w + xx / scale];
+                    let p = ((v - lo) / (hi - lo) * 255.0).round().clamp(0.0, 255.0) as u8;
+                    let (py, px) = (border + r * (ih + border) + y, border + col * (iw + border) + xx);
+                    img[(py * gw + px) * c + ch] = p;
+                }
+            }
+        }
+    }
+    atomic_write(path, |wr| {
+        let mut enc = png::Encoder::new(wr, gw as u32, gh as u32);
+        enc.set_color(if c == 1 { png::ColorType::Grayscale } else { png::ColorType::Rgb });
+        enc.set_depth(png::BitDepth::Eight);
+        let mut pw = enc.write_header().context("cannot write PNG header")?;
+        pw.write_image_data(&img).context("cannot write PNG data")?;
+        pw.finish().context("cannot finish PNG")?;
+        Ok(())
+    })
+}
+
+/// Writes an f32 array as a NumPy `.npy` file (version 1.0, little-endian, C order).
+pub fn npy(path: &Path, data: &[f32], shape: &[usize]) -> Result<()> {
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    let tuple = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple}, }}");
+    // Magic (6) + version (2) + length (2) + header + '\n' must be a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    atomic_write(path, |w| {
+        w.write_all(b"\x93NUMPY\x01\x00")?;
+        w.write_all(&(header.len() as u16).to_le_bytes())?;
+        w.write_all(header.as_bytes())?;
+        for v in data {
+            w.write_all(&v.to_le_bytes())?;
+        }
+        Ok(())
+    })
+}

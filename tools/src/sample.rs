@@ -1,0 +1,147 @@
+//! `edadm sample`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use edadm_format::metadata::keys;
+use edadm_runtime::sampler::{Sampler, SamplerConfig, SamplerKind, Skip, noise};
+use edadm_runtime::{Model, Session, SessionOptions};
+
+use crate::output::{npy, png_grid};
+
+/// Arguments of `edadm sample`.
+#[derive(clap::Args, Debug)]
+pub struct SampleArgs {
+    /// The .edq model.
+    model: PathBuf,
+    /// Number of samples.
+    #[arg(short = 'n', long, default_value_t = 16)]
+    num: usize,
+    /// Sampler steps.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Sampler.
+    #[arg(long, default_value = "ddim", value_parser = ["ddim", "ddpm", "plms", "dpm-solver++"])]
+    sampler: String,
+    /// Time-step spacing.
+    #[arg(long, default_value = "uniform", value_parser = ["uniform", "quad"])]
+    skip: String,
+    /// DDIM η (0: deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f32,
+    /// Seed of the initial noise and of the noise added while sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per network evaluation (default: all, at most 16).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// DDPM: clip the x₀ estimate to the data range.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    clip_x0: bool,
+    /// Data range mapped to black and white, `LO,HI` (default: the model's `model.data_range`,
+    /// else -1,1).
+    #[arg(long, value_parser = parse_range)]
+    range: Option<[f32; 2]>,
+    /// Upscaling of each image in the grid.
+    #[arg(long, default_value_t = 2)]
+    scale: usize,
+    /// The PNG grid to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Also save the final samples as a NumPy .npy array [N, C, H, W].
+    #[arg(long)]
+    raw: Option<PathBuf>,
+}
+
+fn parse_range(s: &str) -> Result<[f32; 2], String> {
+    let (lo, hi) = s.split_once(',').ok_or("expected LO,HI")?;
+    let lo: f32 = lo.trim().parse().map_err(|_| format!("{lo:?} is not a number"))?;
+    let hi: f32 = hi.trim().parse().map_err(|_| format!("{hi:?} is not a number"))?;
+    if !(lo.is_finite() && hi.is_finite() && hi > lo) {
+        return Err("the range must be finite with LO < HI".into());
+    }
+    Ok([lo, hi])
+}
+
+pub fn run(a: SampleArgs) -> Result<()> {
+    if a.num == 0 {
+        bail!("-n must be at least 1");
+    }
+    if a.scale == 0 || a.scale > 16 {
+        bail!("--scale must be between 1 and 16");
+    }
+    let model = Model::open(&a.model).with_context(|| format!("cannot open {}", a.model.display()))?;
+    let schedule = model.schedule().with_context(|| format!("cannot sample from {}", a.model.display()))?;
+    let batch = a.batch.unwrap_or(a.num.min(16));
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let mut session = Session::new(&model, &SessionOptions::batch(batch))
+        .with_context(|| format!("cannot run {}", a.model.display()))?;
+    let kind = SamplerKind::from_name(&a.sampler).expect("clap checked the sampler");
+    let cfg = SamplerConfig {
+        kind,
+        steps: a.steps,
+        skip: Skip::from_name(&a.skip).expect("clap checked the skip"),
+        eta: a.eta,
+        clip_x0: a.clip_x0,
+        seed: a.seed,
+        first_image: 0,
+    };
+    let len = session.sample_len();
+    let mut sampler = Sampler::new(&schedule, cfg, batch, len)?;
+    let chunks = a.num.div_ceil(batch);
+    let total = chunks * sampler.num_steps();
+    let bar = indicatif::ProgressBar::new(total as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} sampling [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, {eta} left",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let per = len / batch;
+    let mut all = vec![0f32; a.num * per];
+    let mut x = vec![0f32; len];
+    let started = Instant::now();
+    for chunk in 0..chunks {
+        let first = chunk * batch;
+        noise::initial_noise(a.seed, first as u64, &mut x, batch);
+        sampler.set_first_image(first as u64);
+        let base = bar.position();
+        sampler.run(&mut session, &mut x, &mut |done, _| bar.set_position(base + done as u64))?;
+        let take = (a.num - first).min(batch);
+        all[first * per..(first + take) * per].copy_from_slice(&x[..take * per]);
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let [c, h, w] = session.sample_shape();
+    let range = a.range.unwrap_or(match model.metadata().get_f64_array(keys::MODEL_DATA_RANGE) {
+        Some([lo, hi]) if hi > lo => [*lo as f32, *hi as f32],
+        _ => [-1.0, 1.0],
+    });
+    png_grid(&a.output, &all, a.num, c, h, w, range, a.scale)?;
+    if let Some(raw) = &a.raw {
+        npy(raw, &all, &[a.num, c, h, w])?;
+    }
+    let evals = chunks * sampler.model_calls();
+    println!(
+        "wrote {}: {} samples, {} {} steps ({} skip, eta {}), seed {}",
+        a.output.display(),
+        a.num,
+        kind.name(),
+        sampler.num_steps(),
+        a.skip,
+        a.eta,
+        a.seed
+    );
+    println!(
+        "time: {:.2} s total, {:.2} ms per step at batch {batch} ({:.3} ms per image-step), {:.2} ms per network evaluation; kernels {}",
+        secs,
+        secs * 1e3 / total as f64,
+        secs * 1e3 / (total * batch) as f64,
+        secs * 1e3 / evals as f64,
+        session.kernels().describe()
+    );
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! `edadm import` and `edadm sample` end to end, and their one-line errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn edadm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edadm")).args(args).output().unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("edadm-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn shared() -> Option<PathBuf> {
+    let p = std::env::var_os("EDADM_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+    p.join("models").is_dir().then_some(p)
+}
+
+fn golden(name: &str) -> String {
+    format!("{}/../formats/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Exit status `code`, exactly one line on stderr, no panic.
+fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line expected: {err}");
+    assert!(err.contains(needle), "{needle:?} not in {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn png_size(path: &Path) -> (u32, u32) {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let r = dec.read_info().unwrap();
+    (r.info().width, r.info().height)
+}
+
+#[test]
+fn sample_writes_a_grid_and_a_npy_array() {
+    let d = scratch("sample");
+    let grid = d.join("g.png");
+    let raw = d.join("x.npy");
+    let out = edadm(&[
+        "sample",
+        &golden("tiny-fp32.edq"),
+        "-n",
+        "5",
+        "--steps",
+        "4",
+        "--sampler",
+        "ddim",
+        "--skip",
+        "quad",
+        "--seed",
+        "3",
+        "--batch",
+        "2",
+        "--scale",
+        "1",
+        "-o",
+        grid.to_str().unwrap(),
+        "--raw",
+        raw.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("5 samples") && s.contains("ms per step"), "{s}");
+    // 5 images of 8×8 in a 3×2 grid with 2-pixel borders.
+    assert_eq!(png_size(&grid), (3 * 10 + 2, 2 * 10 + 2));
+    let npy = std::fs::read(&raw).unwrap();
+    assert_eq!(&npy[..6], b"\x93NUMPY");
+    let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    assert!(String::from_utf8_lossy(&npy[10..10 + header_len]).contains("'shape': (5, 1, 8, 8)"));
+    assert_eq!(npy.len(), 10 + header_len + 5 * 64 * 4);
+    // Same seed, different batch size: the same images.
+    let raw2 = d.join("y.npy");
+    let out = edadm(&[
+        "sample",
+        &golden("tiny-fp32.edq"),
+        "-n",
+        "5",
+        "--steps",
+        "4",
+        "--sampler",
+        "ddim",
+        "--skip",
+        "quad",
+        "--seed",
+        "3",
+        "--batch",
+        "5",
+        "-o",
+        d.join("g2.png").to_str().unwrap(),
+        "--raw",
+        raw2.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert_eq!(std::fs::read(&raw2).unwrap(), npy, "noise is per image, not per batch");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn sample_errors_are_one_line() {
+    let d = scratch("sample-errors");
+    let o = d.join("g.png");
+    let o = o.to_str().unwrap();
+    assert_one_line_error(&edadm(&["sample", "/nonexistent.edq", "-o", o]), 1, "/nonexistent.edq");
+    assert_one_line_error(&edadm(&["sample", &golden("tiny-w4a8.edq"), "-o", o]), 1, "quantized");
+    assert_one_line_error(&edadm(&["sample", &golden("tiny-fp32.edq"), "-n", "0", "-o", o]), 1, "-n");
+    assert_one_line_error(&edadm(&["sample", &golden("tiny-fp32.edq"), "--steps", "11", "-o", o]), 1, "11 steps");
+    assert_one_line_error(
+        &edadm(&["sample", &golden("tiny-fp32.edq"), "--sampler", "plms", "--eta", "1", "-o", o]),
+        1,
+        "eta",
+    );
+    assert!(!Path::new(o).exists(), "no output after a failure");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn import_then_sample_a_real_model() {
+    let Some(shared) = shared() else {
+        println!("skipped: import_then_sample_a_real_model (no shared models)");
+        return;
+    };
+    let d = scratch("import");
+    let model = d.join("mnist.edq");
+    let ckpt = shared.join("models/mnist-unet/model.pth");
+    let out = edadm(&[
+        "import",
+        "--family",
+        "mnist-unet",
+        ckpt.to_str().unwrap(),
+        "--dtype",
+        "f16",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("125 nodes"));
+    let out = edadm(&["inspect", model.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("f16"));
+    let grid = d.join("g.png");
+    let out = edadm(&[
+        "sample",
+        model.to_str().unwrap(),
+        "-n",
+        "4",
+        "--steps",
+        "10",
+        "--sampler",
+        "ddpm",
+        "--range",
+        "0,1",
+        "-o",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(png_size(&grid), (2 * 58 + 2, 2 * 58 + 2));
+
+    // Import errors: the wrong family, a missing file, an impossible preset.
+    let o = d.join("x.edq");
+    let o = o.to_str().unwrap();
+    let fm = shared.join("models/fmnist-ddpm/model.safetensors");
+    assert_one_line_error(
+        &edadm(&["import", "--family", "mnist-unet", fm.to_str().unwrap(), "-o", o]),
+        1,
+        "pe.embedding.weight",
+    );
+    assert_one_line_error(
+        &edadm(&["import", "--family", "ddpm", "--preset", "cifar10", fm.to_str().unwrap(), "-o", o]),
+        1,
+        "temb.dense.0.weight",
+    );
+    assert_one_line_error(
+        &edadm(&["import", "--family", "ddpm", "--preset", "cifar10", "/nope.ckpt", "-o", o]),
+        1,
+        "/nope.ckpt",
+    );
+    assert!(!Path::new(o).exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
