@@ -19,7 +19,7 @@ macro_rules! multiversion {
             unsafe fn avx2($($arg: $ty),*) {
                 $body($($arg),*)
             }
-            match k.tier() {
+            match k.tier().simd() {
                 // SAFETY: a `Kernels` table only exists for a tier this CPU supports
                 // (`Kernels::for_tier` checks it and the fields are private).
                 #[cfg(target_arch = "x86_64")]

@@ -214,7 +214,8 @@ impl ConvTransposeGeom {
     /// Output `[h, w]`, or `None` when the padding removes everything.
     pub fn out_hw(&self) -> Option<[usize; 2]> {
         let d = |i: usize, x: usize| {
-            ((x - 1) * self.stride[i] + self.kernel[i] + self.output_padding[i]).checked_sub(2 * self.padding[i])
+            (x.checked_sub(1)? * self.stride[i] + self.kernel[i] + self.output_padding[i])
+                .checked_sub(2 * self.padding[i])
         };
         match (d(0, self.h), d(1, self.w)) {
             (Some(a), Some(b)) if a > 0 && b > 0 => Some([a, b]),

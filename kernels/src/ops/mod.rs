@@ -5,3 +5,6 @@ pub mod attention;
 pub mod conv;
 pub mod elementwise;
 pub mod norm;
+pub mod qattention;
+pub mod qconv;
+pub mod quant;

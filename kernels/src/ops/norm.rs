@@ -33,7 +33,7 @@ pub fn sum(x: &[f32]) -> f32 {
 /// Mean and biased variance of `x`: one pass for the mean, one for the centred squares (so
 /// large offsets do not cancel).
 #[inline(always)]
-fn mean_var(x: &[f32]) -> (f32, f32) {
+pub(crate) fn mean_var(x: &[f32]) -> (f32, f32) {
     if x.is_empty() {
         return (0.0, 0.0);
     }

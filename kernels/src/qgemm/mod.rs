@@ -1,0 +1,412 @@
+//! u8×i8 → i32 matrix multiplication with an f32 epilogue: the integer core of every quantized
+//! convolution, linear layer and attention product (METHOD.md §4.3).
+//!
+//! `C[i, j] = scale[i]·f32(Σ_k A[i, k]·B[k, j] − corr[i]) + bias[i]` (optionally added to `C`),
+//! `A` the signed 8-bit weights, `B` unsigned 8-bit activations, the sum exact in i32.
+//!
+//! **Layouts.** `K` runs in groups of four ("k-groups"). `B` is read in place: k-group `g` of
+//! column `j` is the four bytes at `b[offs[g] + 4j ..]` — the channel-interleaved activation
+//! layout `[C/4][positions][4]` makes every k-group of a stride-1 convolution such a run (see
+//! `ops::qconv`). `A` is packed once at plan time in the format of the tier's microkernel.
+//!
+//! **Exactness.** There is no blocking over `K`: each output is one i32 sum, converted once
+//! (round to nearest), multiplied by `scale`, then `bias` and the old value added, in that order
+//! and without fused multiply-add on every tier — so all tiers give bit-identical outputs.
+//! Tiers whose instructions need signed operands (NEON) compute with `b − 128`; they report
+//! `b_offset = 128` and the zero-point correction absorbs it.
+
+use crate::AlignedF32;
+
+/// How the weights are packed for a microkernel (`MR` rows per panel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AFormat {
+    /// `[panel][kg][MR][4]` i8.
+    I8x4,
+    /// `[panel][kg][MR][4]` i16 (weights widened for `vpmaddwd`).
+    I16x4,
+    /// `[panel][kg/2][MR/2][2][8]` i8: pairs of rows × 8 consecutive K (`smmla`); an odd last
+    /// k-group is padded with zero weights.
+    I8x8,
+}
+
+/// Per-row epilogue parameters of one tile (rows past `MR` unused).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct QTile {
+    /// `Δa·Δw[row]`.
+    pub scale: [f32; 16],
+    /// `(zp − b_offset)·Σ_k w[row, k]`.
+    pub corr: [i32; 16],
+    /// Bias (0 when none).
+    pub bias: [f32; 16],
+    /// Write `acc − corr` as i32 bit patterns (added as i32 when accumulating) instead of the
+    /// f32 epilogue: for products whose corrections depend on the column (attention).
+    pub raw: bool,
+}
+
+/// A microkernel: for `i < MR`, `j < NR`,
+/// `acc = Σ_{g<kg} Σ_{t<4} a(g, i, t)·(b[b_offs[g] + 4j + t] − b_offset)` (exact i32) and
+/// `c[i·ldc + j] = (tile.scale[i]·f32(acc − tile.corr[i]) + tile.bias[i]) + (accumulate ? c : 0)`,
+/// or with `tile.raw` the i32 `(acc − tile.corr[i]) + (accumulate ? c : 0)` stored as its bits.
+///
+/// # Safety
+/// `a` holds the packed panel (`kg` k-groups in the kernel's [`AFormat`]), `b_offs` `kg`
+/// offsets with `4·NR` readable bytes at each `b + b_offs[g]`, `tile` is valid, and `c` is
+/// readable and writable at every `i·ldc + j`.
+pub type QgemmUkr = unsafe fn(
+    kg: usize,
+    a: *const u8,
+    b: *const u8,
+    b_offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    tile: *const QTile,
+    accumulate: bool,
+);
+
+/// A u8×i8 microkernel with its shape.
+#[derive(Clone, Copy, Debug)]
+pub struct QgemmKernel {
+    /// Name for reports, e.g. `avx512vnni_qgemm_8x48`.
+    pub name: &'static str,
+    /// Rows of the tile (weights' output channels).
+    pub mr: usize,
+    /// Columns of the tile (positions).
+    pub nr: usize,
+    /// Packing of `A`.
+    pub a_format: AFormat,
+    /// 0 when the kernel multiplies `b` as unsigned, 128 when it uses `b − 128`.
+    pub b_offset: i32,
+    /// The microkernel.
+    pub ukr: QgemmUkr,
+    /// `g·4·NR` for `g <` [`MAX_KG`]: the k-group offsets of a packed panel.
+    pub panel_offsets: &'static [usize; MAX_KG],
+    /// A narrower microkernel on the same packed `A`, for the columns past the last full
+    /// `NR` panel (wide tiles would compute up to `NR − 1` wasted columns: a 4×4 image at
+    /// batch 1 fills a third of a 48-wide tile).
+    pub narrow: Option<Narrow>,
+}
+
+/// A microkernel of `nr` columns sharing its parent's `MR` and `A` format.
+#[derive(Clone, Copy, Debug)]
+pub struct Narrow {
+    /// Columns of its tile.
+    pub nr: usize,
+    /// The microkernel (the [`QgemmUkr`] contract with `NR = nr`).
+    pub ukr: QgemmUkr,
+}
+
+/// Most k-groups a [`qgemm`] may have (K ≤ 32768; Stable Diffusion's widest 3×3 convolution has
+/// K = 23040).
+pub const MAX_KG: usize = 8192;
+
+/// `[0, 4·NR, 8·NR, …]` for [`QgemmKernel::panel_offsets`].
+pub const fn q_panel_offsets<const NR: usize>() -> [usize; MAX_KG] {
+    let mut t = [0; MAX_KG];
+    let mut i = 0;
+    while i < MAX_KG {
+        t[i] = i * 4 * NR;
+        i += 1;
+    }
+    t
+}
+
+/// Unpacks 4-bit weights (the `.edq` `i4` dtype: two's complement nibbles, element `2i` in the
+/// low nibble of byte `i`, `2i + 1` in the high one) into `out.len()` i8 values.
+///
+/// 4-bit weights are unpacked once, at plan time, into the tier's i8 panels: against two
+/// AVX-512 VNNI microkernels that unpack nibble panels in registers, the unpacked panels were
+/// faster on every CIFAR-10 UNet shape (benches `int4_weights`, kernels/README.md).
+pub fn unpack_i4(packed: &[u8], out: &mut [i8]) {
+    assert_eq!(packed.len(), out.len().div_ceil(2), "i4: {} bytes cannot hold {} elements", packed.len(), out.len());
+    for (pair, &b) in out.chunks_mut(2).zip(packed) {
+        // Shift the nibble to the top and back: an arithmetic shift sign-extends it.
+        pair[0] = ((b << 4) as i8) >> 4;
+        if let Some(hi) = pair.get_mut(1) {
+            *hi = (b as i8) >> 4;
+        }
+    }
+}
+
+/// Bytes of `A` packed for `kern` (`m` rows, `kg` k-groups).
+pub fn packed_q_len(kern: &QgemmKernel, m: usize, kg: usize) -> usize {
+    let panels = m.div_ceil(kern.mr);
+    match kern.a_format {
+        AFormat::I8x4 => panels * kg * kern.mr * 4,
+        AFormat::I16x4 => panels * kg * kern.mr * 8,
+        AFormat::I8x8 => panels * kg.div_ceil(2) * kern.mr * 8,
+    }
+}
+
+/// Packs `m` rows of `kg` k-groups for `kern` into `out` (`packed_q_len` bytes), element
+/// `(r, k)` read by `at`, and writes the row sums `Σ_k at(r, k)` into `sums`. Allocation-free:
+/// attention packs its run-time operands with it.
+pub fn pack_q_into(
+    kern: &QgemmKernel,
+    m: usize,
+    kg: usize,
+    at: impl Fn(usize, usize) -> i8,
+    out: &mut [u8],
+    sums: &mut [i32],
+) {
+    let mr = kern.mr;
+    assert_eq!(out.len(), packed_q_len(kern, m, kg), "packed A length");
+    assert!(sums.len() >= m, "row sums");
+    let get = |r: usize, k: usize| if r < m && k < kg * 4 { at(r, k) } else { 0 };
+    let mut o = 0;
+    let mut put = |v: i8, wide: bool| {
+        if wide {
+            out[o..o + 2].copy_from_slice(&i16::from(v).to_le_bytes());
+            o += 2;
+        } else {
+            out[o] = v as u8;
+            o += 1;
+        }
+    };
+    for p in 0..m.div_ceil(mr) {
+        match kern.a_format {
+            AFormat::I8x4 | AFormat::I16x4 => {
+                let wide = kern.a_format == AFormat::I16x4;
+                for g in 0..kg {
+                    for i in 0..mr {
+                        for t in 0..4 {
+                            put(get(p * mr + i, g * 4 + t), wide);
+                        }
+                    }
+                }
+            }
+            AFormat::I8x8 => {
+                for g2 in 0..kg.div_ceil(2) {
+                    for pair in 0..mr / 2 {
+                        for r in 0..2 {
+                            for t in 0..8 {
+                                put(get(p * mr + pair * 2 + r, g2 * 8 + t), false);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (r, s) in sums.iter_mut().enumerate().take(m) {
+        *s = (0..kg * 4).map(|k| i32::from(at(r, k))).sum();
+    }
+}
+
+/// Packed weights borrowed from anywhere (a [`PackedQ`], or scratch filled by
+/// [`pack_q_into`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PackedQRef<'a> {
+    /// The packed bytes.
+    pub data: &'a [u8],
+    /// Row sums.
+    pub sums: &'a [i32],
+    /// Rows.
+    pub m: usize,
+    /// K-groups.
+    pub kg: usize,
+}
+
+/// Weights packed for one [`QgemmKernel`], with their row sums.
+#[derive(Clone, Debug)]
+pub struct PackedQ {
+    data: AlignedF32,
+    bytes: usize,
+    m: usize,
+    kg: usize,
+    sums: Vec<i32>,
+}
+
+impl PackedQ {
+    /// Packs `w`, row-major `m × 4·kg` i8 (K in k-groups), for `kern`.
+    pub fn new(kern: &QgemmKernel, w: &[i8], m: usize, kg: usize) -> PackedQ {
+        assert_eq!(w.len(), m * kg * 4, "weights must be m × 4·kg");
+        let n = packed_q_len(kern, m, kg);
+        let mut data = AlignedF32::zeros(n.div_ceil(4));
+        let mut sums = vec![0i32; m];
+        pack_q_into(
+            kern,
+            m,
+            kg,
+            |r, k| w[r * kg * 4 + k],
+            &mut bytemuck::cast_slice_mut::<f32, u8>(&mut data)[..n],
+            &mut sums,
+        );
+        PackedQ { data, bytes: n, m, kg, sums }
+    }
+
+    /// A borrowed view for [`qgemm`].
+    pub fn view(&self) -> PackedQRef<'_> {
+        PackedQRef {
+            data: &bytemuck::cast_slice::<f32, u8>(&self.data)[..self.bytes],
+            sums: &self.sums,
+            m: self.m,
+            kg: self.kg,
+        }
+    }
+
+    /// Rows.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// K-groups.
+    pub fn kg(&self) -> usize {
+        self.kg
+    }
+
+    /// `Σ_k w[row, k]` of every row.
+    pub fn sums(&self) -> &[i32] {
+        &self.sums
+    }
+
+    /// Bytes of packed weights.
+    pub fn packed_bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// The epilogue of one [`qgemm`]: `C = scale·(acc − zp_term) + bias`, or the raw i32
+/// `acc − zp_term` (stored as bits in the f32 buffer) when `scale` is `None`.
+#[derive(Clone, Copy, Debug)]
+pub struct QEpilogue<'a> {
+    /// `Δa·Δw[row]` per row; `None` for raw i32 output.
+    pub scale: Option<&'a [f32]>,
+    /// Zero-point of the activations `B`.
+    pub zero_point: i32,
+    /// Bias per row.
+    pub bias: Option<&'a [f32]>,
+    /// Add into `C` instead of overwriting it.
+    pub accumulate: bool,
+}
+
+/// Scratch bytes [`qgemm`] needs for `kg` k-groups (an edge panel of `B` and a tile).
+pub fn qgemm_scratch_len(kern: &QgemmKernel, kg: usize) -> usize {
+    (kg * kern.nr * 4).div_ceil(4) + 16 * kern.nr
+}
+
+/// `C[i, j] (+)= scale[i]·(Σ_k A[i, k]·B[k, j] − zp·Σ_k A[i, k]) + bias[i]` for `n` columns,
+/// k-group `g` of column `j` at `b[offs[g] + 4j ..]`. `C` is row-major (`c.cs == 1`). The last,
+/// partial panel of columns is copied into `scratch`, so no read runs past `offs[g] + 4n`.
+pub fn qgemm(
+    kern: &QgemmKernel,
+    a: PackedQRef<'_>,
+    b: &[u8],
+    offs: &[usize],
+    n: usize,
+    c: crate::gemm::MatMut<'_>,
+    ep: &QEpilogue<'_>,
+    scratch: &mut [f32],
+) {
+    let (m, kg, mr, nr) = (a.m, a.kg, kern.mr, kern.nr);
+    assert_eq!(a.data.len(), packed_q_len(kern, m, kg), "weights packed for another kernel");
+    assert!(a.sums.len() >= m, "row sums");
+    assert_eq!(offs.len(), kg, "one offset per k-group");
+    assert!(kg <= MAX_KG, "K of {} exceeds the supported {}", 4 * kg, 4 * MAX_KG);
+    assert_eq!(c.cs, 1, "qgemm writes row-major C");
+    assert!(ep.scale.is_none_or(|s| s.len() >= m) && ep.bias.is_none_or(|b| b.len() >= m), "epilogue shorter than m");
+    assert!(scratch.len() >= qgemm_scratch_len(kern, kg), "qgemm scratch too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(offs.iter().all(|&o| o + 4 * n <= b.len()), "a k-group of B runs past its buffer");
+    assert!((m - 1) * c.rs + n <= c.data.len(), "C view out of bounds");
+    let (edge, tile) = scratch.split_at_mut((kg * nr * 4).div_ceil(4));
+    let edge: &mut [u8] = bytemuck::cast_slice_mut(edge);
+    let tile = &mut tile[..16 * nr];
+    let full = n / nr * nr;
+    let off = ep.zero_point - kern.b_offset;
+    let mut t = QTile { scale: [0.0; 16], corr: [0; 16], bias: [0.0; 16], raw: ep.scale.is_none() };
+    let panel_bytes = packed_q_len(kern, mr, kg);
+    // The partial last panel of B (if any) is packed once: k-group g at 4·NR·g, zero bytes
+    // past the valid columns.
+    if full < n {
+        let nc = n - full;
+        for (g, &o) in offs.iter().enumerate() {
+            let dst = &mut edge[g * 4 * nr..(g + 1) * 4 * nr];
+            dst[..4 * nc].copy_from_slice(&b[o + 4 * full..o + 4 * n]);
+            dst[4 * nc..].fill(0);
+        }
+    }
+    let edge: &[u8] = edge;
+    let tile_params = |p: usize, t: &mut QTile| {
+        let i0 = p * mr;
+        let mc = (m - i0).min(mr);
+        for i in 0..mr {
+            let r = i0 + i;
+            t.scale[i] = if i < mc { ep.scale.map_or(1.0, |s| s[r]) } else { 0.0 };
+            t.corr[i] = if i < mc { off.wrapping_mul(a.sums[r]) } else { 0 };
+            t.bias[i] = if i < mc { ep.bias.map_or(0.0, |b| b[r]) } else { 0.0 };
+        }
+    };
+    // One tile of `w` columns at `j0` (`ukr` for that width); B at `bptr` with offsets `optr`.
+    let tile_at = |p: usize,
+                   j0: usize,
+                   w: usize,
+                   ukr: QgemmUkr,
+                   bptr: *const u8,
+                   optr: *const usize,
+                   t: &QTile,
+                   c: &mut crate::gemm::MatMut<'_>,
+                   tile: &mut [f32]| {
+        let (i0, mc, nc) = (p * mr, (m - p * mr).min(mr), (n - j0).min(w));
+        let ap = &a.data[p * panel_bytes..(p + 1) * panel_bytes];
+        if mc == mr && nc == w {
+            let at = i0 * c.rs + j0;
+            // SAFETY: the panel holds `kg` k-groups of MR rows; every `bptr + optr[g]` has 4·w
+            // readable bytes (full panels: j0 + w ≤ n and `offs[g] + 4n ≤ b.len()`, checked;
+            // the edge panel: packed); the tile of C is inside `c.data` (checked above).
+            unsafe { ukr(kg, ap.as_ptr(), bptr, optr, c.data.as_mut_ptr().add(at), c.rs, t, ep.accumulate) };
+        } else {
+            for i in 0..mc {
+                for j in 0..nc {
+                    tile[i * w + j] = if ep.accumulate { c.data[(i0 + i) * c.rs + j0 + j] } else { 0.0 };
+                }
+            }
+            // SAFETY: as above, writing the local 16×w tile with row stride w (MR ≤ 16).
+            unsafe { ukr(kg, ap.as_ptr(), bptr, optr, tile.as_mut_ptr(), w, t, ep.accumulate) };
+            for i in 0..mc {
+                c.data[(i0 + i) * c.rs + j0..(i0 + i) * c.rs + j0 + nc].copy_from_slice(&tile[i * w..i * w + nc]);
+            }
+        }
+    };
+    let run = |p: usize, j0: usize, t: &QTile, c: &mut crate::gemm::MatMut<'_>, tile: &mut [f32]| {
+        if j0 < full {
+            return tile_at(p, j0, nr, kern.ukr, b[4 * j0..].as_ptr(), offs.as_ptr(), t, c, tile);
+        }
+        // The edge panel, packed with stride 4·NR per k-group: narrow tiles read it at 4·w·s.
+        let (w, ukr) = kern.narrow.map_or((nr, kern.ukr), |nw| (nw.nr, nw.ukr));
+        for s in 0..(n - j0).div_ceil(w) {
+            tile_at(
+                p,
+                j0 + s * w,
+                w,
+                ukr,
+                edge.as_ptr().wrapping_add(4 * w * s),
+                kern.panel_offsets.as_ptr(),
+                t,
+                c,
+                tile,
+            );
+        }
+    };
+    let mut c = c;
+    let panels = m.div_ceil(mr);
+    // Two-level blocking: a block of column panels small enough to stay in L2 (≤ 512 KB of B),
+    // swept by every row panel, whose weights stay in L1 across the block.
+    let block = ((L2_BUDGET / (4 * kg).max(1)) / nr).max(1) * nr;
+    for jb in (0..n).step_by(block) {
+        for p in 0..panels {
+            tile_params(p, &mut t);
+            for j0 in (jb..(jb + block).min(n)).step_by(nr) {
+                run(p, j0, &t, &mut c, tile);
+            }
+        }
+    }
+}
+
+/// Bytes of `B` a column block of [`qgemm`] may span.
+const L2_BUDGET: usize = 512 << 10;
+
+#[cfg(test)]
+mod tests;
