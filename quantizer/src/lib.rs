@@ -2,4 +2,10 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod calib;
+pub mod error;
+pub mod grid;
 pub mod import;
+pub mod io;
+
+pub use error::{QuantError, Result};
