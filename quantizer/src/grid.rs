@@ -322,7 +322,7 @@ mod tests {
         let b1: Vec<f32> = (0..=200).map(|i| -1.0 + i as f32 / 100.0).collect(); // best range ±1
         let b2: Vec<f32> = b1.iter().map(|v| v * 3.0).collect(); // best range ±3
         a.observe(&b1);
-        let first = (0.1 * -1.0 + 0.9 * -1.0f32, 0.1 * 1.0 + 0.9 * 1.0f32);
+        let first = (-0.1f32 + -0.9f32, 0.1f32 + 0.9f32);
         assert_eq!(a.grid(), Some(Grid::from_range(first.0, first.1, 8)));
         a.observe(&b2);
         let (mn, mx) = (0.1 * -3.0 + 0.9 * first.0, 0.1 * 3.0 + 0.9 * first.1);

@@ -4,8 +4,10 @@
 
 pub mod calib;
 pub mod error;
+pub mod fq;
 pub mod grid;
 pub mod import;
 pub mod io;
+pub mod net;
 
 pub use error::{QuantError, Result};

@@ -1,6 +1,7 @@
 //! `edadm`: the command line of the edadm toolkit.
 #![forbid(unsafe_code)]
 
+mod calibrate;
 mod import_cmd;
 mod inspect;
 mod output;
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Import a checkpoint (ddpm, diffusers, mnist-unet) as an f32/f16 .edq model.
     Import(import_cmd::ImportArgs),
+    /// Sample FP trajectories and select a calibration set (TDAC or a baseline).
+    Calibrate(calibrate::CalibrateArgs),
     /// Generate samples with a model and write them as a PNG grid.
     Sample(sample::SampleArgs),
     /// Show what an .edq file holds: header, metadata, graph, tensors, size by dtype.
@@ -62,6 +65,7 @@ fn file_failure(path: &std::path::Path, e: FormatError) -> Failure {
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Import(a) => Ok(import_cmd::run(a)?),
+        Command::Calibrate(a) => Ok(calibrate::run(a)?),
         Command::Sample(a) => Ok(sample::run(a)?),
         Command::Inspect { file, json, full } => {
             let model = MappedModel::open(&file).map_err(|e| file_failure(&file, e))?;

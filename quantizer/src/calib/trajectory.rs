@@ -15,15 +15,14 @@ pub fn feature_value(graph: &Graph) -> Option<(ValueId, String)> {
     let is_mid = |name: &str| name == "mid" || name.starts_with("mid.") || name.starts_with("mid_");
     let mids: Vec<usize> = (0..graph.units.len()).filter(|&u| is_mid(&graph.units[u].name)).collect();
     let nodes_of = |u: usize| graph.nodes.iter().filter(move |n| n.unit.map(|id| id.0 as usize) == Some(u));
-    let attn = mids
-        .iter()
-        .find(|&&u| matches!(graph.units[u].kind, UnitKind::AttentionBlock | UnitKind::TransformerBlock));
+    let attn =
+        mids.iter().find(|&&u| matches!(graph.units[u].kind, UnitKind::AttentionBlock | UnitKind::TransformerBlock));
     if let Some(&u) = attn {
         let first = nodes_of(u).next()?;
         return Some((*first.inputs.first()?, format!("input of {}", graph.units[u].name)));
     }
     let &u = mids.iter().find(|&&u| graph.units[u].kind != UnitKind::Layer)?;
-    let last = nodes_of(u).last()?;
+    let last = nodes_of(u).next_back()?;
     Some((last.output, format!("output of {}", graph.units[u].name)))
 }
 

@@ -1,0 +1,126 @@
+//! `edadm calibrate`: FP trajectories of a model, one step per trajectory chosen by TDAC or a
+//! baseline, saved as a calibration set (safetensors) that `edadm quantize` reads, so one
+//! calibration serves several bit widths and reconstruction methods.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use edadm_quantizer::calib::{self, Method};
+use edadm_runtime::Model;
+use edadm_runtime::sampler::{SamplerConfig, SamplerKind, Skip};
+
+/// Arguments of `edadm calibrate`.
+#[derive(clap::Args, Debug)]
+pub struct CalibrateArgs {
+    /// The FP model (`.edq`).
+    model: PathBuf,
+    /// Selection method: TDAC (EDA-DM), Q-Diffusion's uniform steps, PTQ4DM's NDTC, or random.
+    #[arg(long, default_value = "tdac", value_parser = ["tdac", "uniform", "ndtc", "random"])]
+    calib: String,
+    /// Calibration samples = FP trajectories (one sample each).
+    #[arg(long, default_value_t = 1024)]
+    n_calib: usize,
+    /// TDAC: weight λ of the variety score.
+    #[arg(long, default_value_t = 1.2)]
+    lambda: f64,
+    /// TDAC: density threshold ε on the mean squared feature distance.
+    #[arg(long, default_value_t = 3.0)]
+    eps: f64,
+    /// Sampler of the trajectories (the task's sampler).
+    #[arg(long, default_value = "ddim", value_parser = ["ddim", "ddpm", "plms", "dpm-solver++"])]
+    sampler: String,
+    /// Sampler steps.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Timestep spacing.
+    #[arg(long, default_value = "quad", value_parser = ["uniform", "quad"])]
+    skip: String,
+    /// DDIM η.
+    #[arg(long, default_value_t = 0.0)]
+    eta: f32,
+    /// Images per FP evaluation.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Seed of the trajectories' noise and of the selection.
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// Output file (safetensors).
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+/// Runs `edadm calibrate`.
+pub fn run(a: CalibrateArgs) -> Result<()> {
+    if a.n_calib == 0 || a.batch == 0 || a.steps == 0 {
+        bail!("--n-calib, --batch and --steps must be at least 1");
+    }
+    if !(a.lambda.is_finite() && a.lambda >= 0.0 && a.eps.is_finite() && a.eps >= 0.0) {
+        bail!("--lambda and --eps must be finite and non-negative");
+    }
+    let model = Model::open(&a.model).with_context(|| format!("cannot open {}", a.model.display()))?;
+    if model.is_quantized() {
+        bail!("{}: calibration needs the FP model, this file is already quantized", a.model.display());
+    }
+    let method = match a.calib.as_str() {
+        "tdac" => Method::Tdac { lambda: a.lambda, eps: a.eps },
+        "uniform" => Method::Uniform,
+        "ndtc" => Method::Ndtc,
+        _ => Method::Random,
+    };
+    let feature = match method {
+        Method::Tdac { .. } => Some(
+            calib::feature_value(model.graph())
+                .with_context(|| format!("{}: no middle block to take TDAC's feature map from", a.model.display()))?,
+        ),
+        _ => None,
+    };
+    let cfg = SamplerConfig {
+        kind: SamplerKind::from_name(&a.sampler).expect("clap checked the sampler"),
+        steps: a.steps,
+        skip: Skip::from_name(&a.skip).expect("clap checked the skip"),
+        eta: a.eta,
+        clip_x0: false,
+        seed: a.seed,
+        first_image: 0,
+    };
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{spinner} FP trajectories [{bar:30}] {pos}/{len} steps, {eta} left")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let tr = calib::collect(&model, cfg, a.n_calib, a.batch, feature.as_ref().map(|f| f.0), &mut |d, n| {
+        bar.set_length(n as u64);
+        bar.set_position(d as u64);
+    })
+    .with_context(|| format!("cannot sample from {}", a.model.display()))?;
+    bar.finish_and_clear();
+    let sampled = started.elapsed().as_secs_f64();
+    let mut set = calib::select(&tr, method, a.seed)?;
+    set.provenance.extend([
+        ("model".to_string(), a.model.display().to_string()),
+        ("sampler".into(), format!("{} {} steps, {} skip, eta {}", a.sampler, a.steps, a.skip, a.eta)),
+        ("trajectories".into(), a.n_calib.to_string()),
+    ]);
+    if let Some((_, what)) = &feature {
+        set.provenance.push(("feature_map".into(), what.clone()));
+    }
+    calib::save(&set, &a.output)?;
+    let per = set.per_step();
+    let used = per.iter().filter(|&&c| c > 0).count();
+    println!(
+        "wrote {}: {} samples from {} steps ({} used), {} in {:.1} s (sampling {:.1} s)",
+        a.output.display(),
+        set.len(),
+        set.steps,
+        used,
+        method.name(),
+        started.elapsed().as_secs_f64(),
+        sampled
+    );
+    if let (Some(s), Some((_, what))) = (&set.tdac, &feature) {
+        println!("TDAC on the {what}: samples per step (denoising order) {:?}", s.counts);
+    }
+    Ok(())
+}
