@@ -5,15 +5,8 @@ mod common;
 
 use common::*;
 use edadm_quantizer::calib::{self, Method};
-use edadm_quantizer::import::{Family, ImportOptions, import};
-use edadm_runtime::Model;
+use edadm_quantizer::import::Family;
 use edadm_runtime::sampler::{SamplerConfig, SamplerKind, Skip};
-
-fn import_model(family: Family, path: &std::path::Path, preset: Option<&str>) -> Model {
-    let opts = ImportOptions { preset: preset.map(str::to_string), ..Default::default() };
-    let imported = import(family, path, &opts).unwrap();
-    Model::from_bytes(imported.file.to_bytes().unwrap()).unwrap()
-}
 
 fn ddim(steps: usize) -> SamplerConfig {
     SamplerConfig {

@@ -5,16 +5,9 @@
 mod common;
 
 use common::*;
-use edadm_quantizer::import::{Family, ImportOptions, import};
-use edadm_runtime::Model;
+use edadm_quantizer::import::Family;
 
 const TOL: f32 = 1e-4;
-
-fn import_model(family: Family, path: &std::path::Path, preset: Option<&str>) -> Model {
-    let opts = ImportOptions { preset: preset.map(str::to_string), ..Default::default() };
-    let imported = import(family, path, &opts).unwrap();
-    Model::from_bytes(imported.file.to_bytes().unwrap()).unwrap()
-}
 
 #[test]
 fn fmnist_ddpm_matches_pytorch() {

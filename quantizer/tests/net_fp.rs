@@ -4,15 +4,9 @@ mod common;
 
 use candle_core::Device;
 use common::*;
-use edadm_quantizer::import::{Family, ImportOptions, import};
+use edadm_quantizer::import::Family;
 use edadm_quantizer::net::{Fp, Net, tensor4, to_vec};
 use edadm_runtime::Model;
-
-fn import_model(family: Family, path: &std::path::Path, preset: Option<&str>) -> Model {
-    let opts = ImportOptions { preset: preset.map(str::to_string), ..Default::default() };
-    let imported = import(family, path, &opts).unwrap();
-    Model::from_bytes(imported.file.to_bytes().unwrap()).unwrap()
-}
 
 fn check(model: &Model, t: &[f32]) {
     let n = t.len();

@@ -1,38 +1,24 @@
-//! A small deterministic generator (xoshiro256** seeded by SplitMix64): the same draws on every
-//! platform, so a seed reproduces a calibration set and a reconstruction run.
+//! The quantizer's random draws (permutations, QDrop masks, baseline steps) on the runtime's
+//! noise generator (`NoiseStream`: xoshiro256++ seeded by SplitMix64), so a seed reproduces a
+//! calibration set and a reconstruction run on every platform.
 
-/// xoshiro256**.
+use edadm_runtime::sampler::noise::NoiseStream;
+
+/// A deterministic random source.
 #[derive(Clone, Debug)]
 pub struct Rng {
-    s: [u64; 4],
+    s: NoiseStream,
 }
 
 impl Rng {
-    /// Seeds the state from `seed` through SplitMix64.
+    /// The generator of `seed` (noise stream 0 of that seed).
     pub fn new(seed: u64) -> Rng {
-        let mut z = seed;
-        let mut next = || {
-            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut x = z;
-            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            x ^ (x >> 31)
-        };
-        Rng { s: [next(), next(), next(), next()] }
+        Rng { s: NoiseStream::new(seed, 0) }
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        let s = &mut self.s;
-        let out = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        out
+        self.s.next_u64()
     }
 
     /// Uniform in `[0, 1)` with 53 random bits.
@@ -57,11 +43,9 @@ impl Rng {
         }
     }
 
-    /// Standard normal (Box–Muller).
+    /// Standard normal (the runtime's Box–Muller pairs).
     pub fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.uniform(); // (0, 1]
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        f64::from(self.s.next_normal())
     }
 
     /// Fisher–Yates shuffle.

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use edadm_format::graph::ValueId;
+use edadm_quantizer::import::{Family, ImportOptions, import};
 use edadm_runtime::{Model, Session, SessionOptions};
 
 /// The shared folder (`$EDADM_SHARED`, else `../shared` next to the repository), or `None`
@@ -57,4 +58,11 @@ pub fn run<'m>(model: &'m Model, batch: usize, x: &[f32], t: &[f32], keep: &[&st
     let mut s = Session::new(model, &opts).unwrap();
     s.run(x, t).unwrap();
     s
+}
+
+/// Imports a checkpoint into an in-memory model.
+pub fn import_model(family: Family, path: &std::path::Path, preset: Option<&str>) -> Model {
+    let opts = ImportOptions { preset: preset.map(str::to_string), ..Default::default() };
+    let imported = import(family, path, &opts).unwrap();
+    Model::from_bytes(imported.file.to_bytes().unwrap()).unwrap()
 }

@@ -34,7 +34,8 @@ impl NoiseStream {
         NoiseStream { s, spare: None }
     }
 
-    fn next_u64(&mut self) -> u64 {
+    /// The next 64 raw bits of the stream's xoshiro256++ generator.
+    pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;
         let r = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
         let t = s[1] << 17;
