@@ -9,5 +9,6 @@ pub mod grid;
 pub mod import;
 pub mod io;
 pub mod net;
+pub mod quant;
 
 pub use error::{QuantError, Result};

@@ -71,6 +71,55 @@ pub trait Hooks {
     fn groups(&self, _node: usize) -> Vec<usize> {
         vec![0]
     }
+    /// The integer form of a weighted node, when the node should compute exactly what the
+    /// integer runtime computes: per input group its integer weights (f32-valued, op layout,
+    /// the group's input channels) and `Δw[c]·Δa` per output channel. The node then computes
+    /// `Σ_g conv(levels_g, w_int_g)·scale_g (+ bias on the first group)`, each integer sum exact
+    /// in f32. Not differentiable; `None` keeps the float form.
+    fn integer(&self, _node: usize) -> Option<&[(Tensor, Tensor)]> {
+        None
+    }
+    /// The integer levels `q − zp` of input group `group` (integer form only).
+    fn levels(&self, node: usize, _group: usize, _x: Tensor) -> Result<Tensor> {
+        Err(QuantError::Invalid(format!("node {node}: no integer form")))
+    }
+    /// The quantizers `(Δ, zp, qmax)` of an attention node's q, k, v and probabilities, when it
+    /// should compute as the integer runtime does.
+    fn attention_integer(&self, _node: usize) -> Option<[(f32, f32, f32); 4]> {
+        None
+    }
+}
+
+/// `Σ_g op(levels_g)·scale_g + bias` of the integer form.
+fn integer_sum(
+    hooks: &dyn Hooks,
+    ni: usize,
+    x: &Tensor,
+    axis: usize,
+    groups: &[(Tensor, Tensor)],
+    bias: Option<&Tensor>,
+    op: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let starts = hooks.groups(ni);
+    let c = x.dim(axis)?;
+    let mut y: Option<Tensor> = None;
+    for (g, (w, scale)) in groups.iter().enumerate() {
+        let s0 = starts[g];
+        let e0 = starts.get(g + 1).copied().unwrap_or(c);
+        let lv = hooks.levels(ni, g, x.narrow(axis, s0, e0 - s0)?)?;
+        let acc = op(&lv, w)?;
+        let mut shape = vec![1; acc.rank()];
+        shape[if axis == acc.rank() - 1 { axis } else { 1 }] = scale.dim(0)?;
+        let t = acc.broadcast_mul(&scale.reshape(shape.clone())?)?;
+        y = Some(match y {
+            Some(prev) => (t + prev)?,
+            None => match bias {
+                Some(b) => t.broadcast_add(&b.reshape(shape)?)?,
+                None => t,
+            },
+        });
+    }
+    y.ok_or_else(|| QuantError::Invalid(format!("node {ni}: integer form without groups")))
 }
 
 /// No hooks: the FP model.
@@ -200,6 +249,40 @@ impl Net {
             }
             Ok(Tensor::cat(&parts, axis)?)
         };
+        if let Some(groups) = hooks.integer(ni) {
+            return match &node.op {
+                Op::Conv2d(c) => {
+                    let pd = c.padding;
+                    if c.stride[0] != c.stride[1] || c.groups != 1 {
+                        return Err(QuantError::Invalid(format!("{}: integer form of this convolution", node.name)));
+                    }
+                    let conv = |lv: &Tensor, w: &Tensor| -> Result<Tensor> {
+                        let lv = lv.pad_with_zeros(2, pd.top as usize, pd.bottom as usize)?;
+                        let lv = lv.pad_with_zeros(3, pd.left as usize, pd.right as usize)?;
+                        Ok(lv.conv2d(w, 0, c.stride[0] as usize, c.dilation[0] as usize, 1)?)
+                    };
+                    integer_sum(hooks, ni, &x, 1, groups, p.bias.as_ref(), &conv)
+                }
+                Op::ConvTranspose2d(c) => {
+                    let conv = |lv: &Tensor, w: &Tensor| -> Result<Tensor> {
+                        Ok(lv.conv_transpose2d(
+                            w,
+                            c.padding[0] as usize,
+                            c.output_padding[0] as usize,
+                            c.stride[0] as usize,
+                            1,
+                        )?)
+                    };
+                    integer_sum(hooks, ni, &x, 1, groups, p.bias.as_ref(), &conv)
+                }
+                Op::Linear(_) => {
+                    let lin = |lv: &Tensor, w: &Tensor| -> Result<Tensor> { Ok(lv.broadcast_matmul(&w.t()?)?) };
+                    let last = x.rank() - 1;
+                    integer_sum(hooks, ni, &x, last, groups, p.bias.as_ref(), &lin)
+                }
+                _ => Err(QuantError::Invalid(format!("{}: integer form of a {}", node.name, node.op.name()))),
+            };
+        }
         let y = match &node.op {
             Op::Conv2d(c) => {
                 let x = grouped_input(x, 1)?;
@@ -351,6 +434,29 @@ impl Net {
                 let (n, c, h, w) = x.dims4()?;
                 let heads = a.heads as usize;
                 let (d, l) = (c / heads, h * w);
+                if let Some(qs) = hooks.attention_integer(ni) {
+                    // As the integer runtime: logits = (scale·Δq·Δk)·Σ(q̂ − zq)(k̂ − zk) (the
+                    // scale folded into q and k first for the before-quantization placement),
+                    // softmax, probabilities quantized, (Δp·Δv)·Σ(p̂ − zp)(v̂ − zv).
+                    let before = a.scale_placement == edadm_format::graph::ScalePlacement::BeforeQuantization;
+                    let pre = if before { f64::from(a.scale.sqrt()) } else { 1.0 };
+                    let lv = |t: Tensor, (d, z, m): (f32, f32, f32)| -> Result<Tensor> {
+                        let t = if before && pre != 1.0 { (t * pre)? } else { t };
+                        let v: Vec<f32> = to_vec(&t)?
+                            .iter()
+                            .map(|&x| (crate::grid::round_half_even(x / d) + z).clamp(0.0, m) - z)
+                            .collect();
+                        Ok(Tensor::from_vec(v, t.shape(), t.device())?)
+                    };
+                    let sigma = if before { qs[0].0 * qs[1].0 } else { a.scale * qs[0].0 * qs[1].0 };
+                    let q = lv(x, qs[0])?.reshape((n, heads, d, l))?;
+                    let k = lv(k, qs[1])?.reshape((n, heads, d, l))?;
+                    let v = lv(v, qs[2])?.reshape((n, heads, d, l))?;
+                    let s = (q.transpose(2, 3)?.contiguous()?.matmul(&k.contiguous()?)? * f64::from(sigma))?;
+                    let p = lv(softmax_last(&s)?, qs[3])?;
+                    let o = v.contiguous()?.matmul(&p.transpose(2, 3)?.contiguous()?)?;
+                    return Ok((o * f64::from(qs[3].0 * qs[2].0))?.reshape((n, c, h, w))?);
+                }
                 let q = hooks.input(ni, 0, x)?.reshape((n, heads, d, l))?;
                 let k = hooks.input(ni, 1, k)?.reshape((n, heads, d, l))?;
                 let v = hooks.input(ni, 2, v)?.reshape((n, heads, d, l))?;

@@ -9,12 +9,16 @@ use edadm_format::graph::{
     AttentionLayout, FreqDenominator, GeluApprox, InputKind, LayerNormAxes, Node, Op, Pad, SinusoidOrder, TensorId,
     TimestepEmbedding, ValueId,
 };
+use edadm_format::graph::{NodeQuant, WeightQuant};
 use edadm_kernels::Kernels;
 use edadm_kernels::gemm::ConvGeom;
 use edadm_kernels::ops::act::Activation;
 use edadm_kernels::ops::attention::AttentionShape;
 use edadm_kernels::ops::conv::{self, ConvTransposeGeom};
 use edadm_kernels::ops::elementwise::{Binary, SinusoidOrder as KSinOrder};
+use edadm_kernels::ops::qattention::QAttention;
+use edadm_kernels::ops::qconv::{self, QConvGeom};
+use edadm_kernels::ops::quant::{ActQ, C4};
 
 use crate::error::{Result, RuntimeError};
 use crate::model::Model;
@@ -147,6 +151,41 @@ pub(crate) enum Step<'m> {
         v: u32,
         shape: AttentionShape,
     },
+    /// An integer conv (or linear as a 1×1 conv over `[rows, in, 1, 1]`): every input group
+    /// quantized into its own buffer in scratch, then one exact u8×i8 convolution.
+    QConv {
+        x: u32,
+        cin: usize,
+        plan: qconv::QConv2dPlan,
+        groups: Vec<QGroupStep>,
+        bias: Option<Floats<'m>>,
+    },
+    QConvT {
+        x: u32,
+        plan: qconv::QConvTranspose2dPlan,
+        q: ActQ,
+        scale: Vec<f32>,
+        bias: Option<Floats<'m>>,
+    },
+    QAttention {
+        q: u32,
+        k: u32,
+        v: u32,
+        a: QAttention,
+    },
+}
+
+/// One input-channel group of a [`Step::QConv`].
+#[derive(Debug)]
+pub(crate) struct QGroupStep {
+    /// First channel.
+    pub(crate) ch0: usize,
+    /// Its quantizer.
+    pub(crate) q: ActQ,
+    /// `Δa·Δw[c]` per output channel.
+    pub(crate) scale: Vec<f32>,
+    /// Its layout (the plan's).
+    pub(crate) layout: C4,
 }
 
 /// A step with the values it reads and writes.
@@ -254,17 +293,11 @@ impl<'m> Plan<'m> {
         let mut steps: Vec<Planned<'m>> = Vec::with_capacity(g.nodes.len());
         let mut scratch_len = Vec::with_capacity(g.nodes.len());
         for (ni, node) in g.nodes.iter().enumerate() {
-            if let Some(q) = &node.quant {
-                let what = match q {
-                    edadm_format::graph::NodeQuant::Weight(w) => {
-                        format!("a {}-bit quantized {}", w.weight_bits, node.op.name())
-                    }
-                    edadm_format::graph::NodeQuant::Attention(_) => "quantized attention".into(),
-                };
-                return Err(unsupported(node, format!("{what} (this runtime executes f32 graphs)")));
-            }
             let ins: Vec<&Vec<usize>> = node.inputs.iter().map(|v| &shapes[v.0 as usize]).collect();
-            let (step, out_shape, scratch) = build_step(model, k, node, &ins)?;
+            let (step, out_shape, scratch) = match &node.quant {
+                None => build_step(model, k, node, &ins)?,
+                Some(q) => build_quant_step(model, k, node, q, &ins)?,
+            };
             shapes[node.output.0 as usize] = out_shape;
             let inputs = node.inputs.iter().map(|v| v.0).collect();
             steps.push(Planned { node: ni, inputs, out: node.output.0, step });
@@ -351,6 +384,10 @@ fn step_prepared_bytes(s: &Step<'_>) -> usize {
         | Step::LayerNormChw { gamma, beta, .. }
         | Step::LayerNormChannel { gamma, beta, .. } => opt(gamma) + opt(beta),
         Step::Table { table, .. } => owned_len(table),
+        Step::QConv { plan, bias, groups, .. } => {
+            plan.packed_bytes() + opt(bias) + groups.iter().map(|g| g.scale.len() * 4).sum::<usize>()
+        }
+        Step::QConvT { plan, bias, scale, .. } => plan.packed_bytes() + opt(bias) + scale.len() * 4,
         _ => 0,
     }
 }
@@ -639,6 +676,265 @@ fn build_step<'m>(
             (Step::Attention { q: v(0), k: v(1), v: v(2), shape }, ins[0].clone(), scratch)
         }
     })
+}
+
+/// The integer weights of a quantized node, unpacked to one i8 per element.
+fn int_weights<'m>(model: &'m Model, t: TensorId) -> Cow<'m, [i8]> {
+    let v = model.file().tensor(t).expect("validated tensor reference");
+    match v.dtype {
+        DType::I8 => Cow::Borrowed(v.as_i8().expect("validated i8")),
+        DType::I4 => {
+            let mut out = vec![0i8; v.numel() as usize];
+            edadm_kernels::qgemm::unpack_i4(v.data, &mut out);
+            Cow::Owned(out)
+        }
+        other => unreachable!("quantized weight with dtype {other}"),
+    }
+}
+
+fn kq(a: &edadm_format::graph::ActQuant) -> ActQ {
+    ActQ { delta: a.delta, zero_point: a.zero_point, bits: a.bits }
+}
+
+/// Per group `[start, end)`, its weight scales.
+fn quant_groups<'m>(model: &'m Model, w: &WeightQuant, cin: usize) -> Vec<(usize, usize, Floats<'m>)> {
+    (0..w.groups.len())
+        .map(|g| {
+            let end = w.groups.get(g + 1).map_or(cin, |n| n.channel_start as usize);
+            (w.groups[g].channel_start as usize, end, floats(model, w.groups[g].weight_scales))
+        })
+        .collect()
+}
+
+/// A quantized node's step (METHOD.md §4.3). A weighted node whose input stays f32 (the output
+/// conv) runs in f32 on its dequantized weights.
+fn build_quant_step<'m>(
+    model: &'m Model,
+    k: &Kernels,
+    node: &Node,
+    q: &NodeQuant,
+    ins: &[&Vec<usize>],
+) -> Result<(Step<'m>, Vec<usize>, usize)> {
+    let v = |i: usize| node.inputs[i].0;
+    let opt = |t: Option<TensorId>| t.map(|t| floats(model, t));
+    match (q, &node.op) {
+        (NodeQuant::Attention(aq), Op::Attention(a)) => {
+            if a.layout != AttentionLayout::Spatial {
+                return Err(unsupported(node, "quantized attention over token sequences"));
+            }
+            let [n, c, h, w] = rank4(node, ins[0], "Attention q")?;
+            check_channels(node, c, a.channels)?;
+            if ins[1] != ins[0] || ins[2] != ins[0] {
+                return Err(shape_err(node, format!("q, k, v shapes differ: {:?} {:?} {:?}", ins[0], ins[1], ins[2])));
+            }
+            if [aq.q, aq.k, aq.v, aq.prob].iter().any(|x| x.bits != 8) {
+                return Err(unsupported(node, "attention quantizers other than 8-bit"));
+            }
+            let qa = QAttention {
+                n,
+                channels: c,
+                heads: a.heads as usize,
+                tokens: h * w,
+                scale: a.scale,
+                scale_before: a.scale_placement == edadm_format::graph::ScalePlacement::BeforeQuantization,
+                q: kq(&aq.q),
+                k: kq(&aq.k),
+                v: kq(&aq.v),
+                p: kq(&aq.prob),
+                key_tile: 256,
+            };
+            let scratch = qa.scratch_len(k);
+            Ok((Step::QAttention { q: v(0), k: v(1), v: v(2), a: qa }, ins[0].clone(), scratch))
+        }
+        (NodeQuant::Weight(wq), op) => {
+            let weight = op.weight().expect("validated: weighted op");
+            let ints = int_weights(model, weight);
+            if wq.groups[0].input.is_none() {
+                // f32 input × dequantized weights.
+                let (out_ch, per) = match op {
+                    Op::Conv2d(c) => (c.out_channels as usize, ints.len() / c.out_channels as usize),
+                    Op::Linear(l) => (l.out_features as usize, l.in_features as usize),
+                    Op::ConvTranspose2d(_) => {
+                        return Err(unsupported(node, "a transposed convolution with an unquantized input"));
+                    }
+                    _ => unreachable!("weighted op"),
+                };
+                let cin_row = match op {
+                    Op::Conv2d(c) => (c.in_channels / c.groups) as usize,
+                    _ => per,
+                };
+                let kk = per / cin_row.max(1);
+                let groups = quant_groups(model, wq, cin_row);
+                let mut wf = vec![0f32; ints.len()];
+                for o in 0..out_ch {
+                    for (s0, e0, sc) in &groups {
+                        for i in s0 * kk..e0 * kk {
+                            wf[o * per + i] = f32::from(ints[o * per + i]) * sc[o];
+                        }
+                    }
+                }
+                return build_dequantized(model, k, node, ins, wf);
+            }
+            if wq.groups.iter().any(|g| g.input.is_some_and(|a| a.bits != 8)) {
+                return Err(unsupported(node, "input quantizers other than 8-bit"));
+            }
+            match op {
+                Op::Conv2d(c) => {
+                    let [n, ci, h, w] = rank4(node, ins[0], "Conv2d input")?;
+                    check_channels(node, ci, c.in_channels)?;
+                    if c.groups != 1 || c.dilation != [1, 1] {
+                        return Err(unsupported(node, "a quantized grouped or dilated convolution"));
+                    }
+                    let geom = QConvGeom {
+                        n,
+                        cin: ci,
+                        cout: c.out_channels as usize,
+                        h,
+                        w,
+                        kernel: c.kernel.map(|x| x as usize),
+                        stride: c.stride.map(|x| x as usize),
+                        pad: [c.padding.top, c.padding.bottom, c.padding.left, c.padding.right].map(|x| x as usize),
+                    };
+                    qconv_step(k, node, v(0), geom, &ints, model, wq, opt(c.bias))
+                }
+                Op::Linear(l) => {
+                    let s = ins[0];
+                    if s.len() != 2 || s[1] != l.in_features as usize {
+                        return Err(unsupported(
+                            node,
+                            format!("a quantized Linear over {s:?} (only [N, {}] is supported)", l.in_features),
+                        ));
+                    }
+                    let geom = QConvGeom {
+                        n: s[0],
+                        cin: s[1],
+                        cout: l.out_features as usize,
+                        h: 1,
+                        w: 1,
+                        kernel: [1, 1],
+                        stride: [1, 1],
+                        pad: [0; 4],
+                    };
+                    let (step, _, scratch) = qconv_step(k, node, v(0), geom, &ints, model, wq, opt(l.bias))?;
+                    Ok((step, vec![s[0], l.out_features as usize], scratch))
+                }
+                Op::ConvTranspose2d(c) => {
+                    let [n, ci, h, w] = rank4(node, ins[0], "ConvTranspose2d input")?;
+                    check_channels(node, ci, c.in_channels)?;
+                    if wq.groups.len() != 1 {
+                        return Err(unsupported(node, "a split transposed convolution"));
+                    }
+                    let geom = ConvTransposeGeom {
+                        cin: ci,
+                        cout: c.out_channels as usize,
+                        h,
+                        w,
+                        kernel: c.kernel.map(|x| x as usize),
+                        stride: c.stride.map(|x| x as usize),
+                        padding: c.padding.map(|x| x as usize),
+                        output_padding: c.output_padding.map(|x| x as usize),
+                    };
+                    let plan = qconv::QConvTranspose2dPlan::new(k, n, geom, &ints)
+                        .ok_or_else(|| shape_err(node, "the transposed convolution has no output"))?;
+                    let [oh, ow] = plan.out_hw();
+                    let aq = kq(&wq.groups[0].input.expect("quantized input"));
+                    let sc = floats(model, wq.groups[0].weight_scales);
+                    let scale = sc.iter().map(|&d| d * aq.delta).collect();
+                    let scratch = plan.scratch_len(k) + plan.input_layout().len().div_ceil(4);
+                    let step = Step::QConvT { x: v(0), plan, q: aq, scale, bias: opt(c.bias) };
+                    Ok((step, vec![n, geom.cout, oh, ow], scratch))
+                }
+                _ => unreachable!("weighted op"),
+            }
+        }
+        (NodeQuant::Attention(_), _) => Err(unsupported(node, "a quantization record that does not fit the op")),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn qconv_step<'m>(
+    k: &Kernels,
+    node: &Node,
+    x: u32,
+    geom: QConvGeom,
+    ints: &[i8],
+    model: &'m Model,
+    wq: &WeightQuant,
+    bias: Option<Floats<'m>>,
+) -> Result<(Step<'m>, Vec<usize>, usize)> {
+    let groups = quant_groups(model, wq, geom.cin);
+    let splits: Vec<usize> = groups.iter().map(|g| g.0).collect();
+    let plan = qconv::QConv2dPlan::new(k, geom, ints, &splits).ok_or_else(|| {
+        shape_err(node, format!("a {:?} kernel does not fit a {}x{} input", geom.kernel, geom.h, geom.w))
+    })?;
+    let [oh, ow] = plan.out_hw();
+    let layouts: Vec<C4> = plan.input_layouts().copied().collect();
+    let steps: Vec<QGroupStep> = groups
+        .iter()
+        .zip(&wq.groups)
+        .zip(layouts)
+        .map(|(((s0, _, sc), g), layout)| {
+            let q = kq(&g.input.expect("quantized input"));
+            QGroupStep { ch0: *s0, q, scale: sc.iter().map(|&d| d * q.delta).collect(), layout }
+        })
+        .collect();
+    let scratch = plan.scratch_len(k) + steps.iter().map(|g| g.layout.len().div_ceil(4)).sum::<usize>();
+    let step = Step::QConv { x, cin: geom.cin, plan, groups: steps, bias };
+    Ok((step, vec![geom.n, geom.cout, oh, ow], scratch))
+}
+
+/// A conv or linear node run in f32 with the given (dequantized) weights.
+fn build_dequantized<'m>(
+    model: &'m Model,
+    k: &Kernels,
+    node: &Node,
+    ins: &[&Vec<usize>],
+    wf: Vec<f32>,
+) -> Result<(Step<'m>, Vec<usize>, usize)> {
+    let v = |i: usize| node.inputs[i].0;
+    let opt = |t: Option<TensorId>| t.map(|t| floats(model, t));
+    match &node.op {
+        Op::Conv2d(c) => {
+            let [n, ci, h, w] = rank4(node, ins[0], "Conv2d input")?;
+            check_channels(node, ci, c.in_channels)?;
+            let geom = ConvGeom {
+                c: (c.in_channels / c.groups) as usize,
+                h,
+                w,
+                kernel: c.kernel.map(|x| x as usize),
+                stride: c.stride.map(|x| x as usize),
+                dilation: c.dilation.map(|x| x as usize),
+                pad: [c.padding.top, c.padding.bottom, c.padding.left, c.padding.right].map(|x| x as usize),
+                pad_value: 0.0,
+            };
+            let (cout, groups) = (c.out_channels as usize, c.groups as usize);
+            let Some(plan) = conv::Conv2dPlan::new(k, geom, groups, cout, &wf) else {
+                return Err(shape_err(node, format!("a {:?} kernel does not fit a {h}x{w} input", c.kernel)));
+            };
+            let [oh, ow] = plan.out_hw();
+            let scratch = plan.scratch_len(k);
+            Ok((Step::Conv { x: v(0), n, plan, bias: opt(c.bias) }, vec![n, cout, oh, ow], scratch))
+        }
+        Op::Linear(l) => {
+            let s = ins[0];
+            let (&last, lead) = s.split_last().ok_or_else(|| shape_err(node, "Linear of a scalar"))?;
+            if lead.is_empty() || last != l.in_features as usize {
+                return Err(shape_err(node, format!("Linear expects [.., {}], got {s:?}", l.in_features)));
+            }
+            let rows: usize = lead.iter().product();
+            let (inf, outf) = (l.in_features as usize, l.out_features as usize);
+            let mut wbuf = edadm_kernels::AlignedF32::zeros(k.sgemm().packed_a_len(outf, inf));
+            edadm_kernels::gemm::pack_a(
+                edadm_kernels::gemm::MatRef::row_major(&wf, outf, inf),
+                k.sgemm().mr,
+                &mut wbuf,
+            );
+            let mut out = lead.to_vec();
+            out.push(outf);
+            Ok((Step::Linear { x: v(0), rows, inf, outf, w: wbuf, bias: opt(l.bias) }, out, k.sgemm().scratch_len()))
+        }
+        _ => Err(unsupported(node, "an unquantized input on this op")),
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 
 use edadm_format::graph::{InputKindTag, ValueId};
 use edadm_kernels::gemm::{BSrc, MatMut, MatRef, sgemm};
+use edadm_kernels::ops::act::Activation;
 use edadm_kernels::ops::attention::attention_spatial;
-use edadm_kernels::ops::{conv, elementwise as ew, norm};
+use edadm_kernels::ops::qconv::{self, QInput, QOutput};
+use edadm_kernels::ops::{conv, elementwise as ew, norm, qattention, quant};
 use edadm_kernels::{AlignedF32, Kernels, Tier};
 
 use crate::arena::split;
@@ -200,7 +202,7 @@ impl<'m> Session<'m> {
                 *eps,
                 gamma.as_deref(),
                 beta.as_deref(),
-                edadm_kernels::ops::act::Activation::None,
+                Activation::None,
                 y,
             ),
             Step::LayerNormChannel { x, n, c, positions, channels_last, eps, gamma, beta, .. } => {
@@ -247,6 +249,33 @@ impl<'m> Session<'m> {
             }
             Step::Attention { q, k: kk, v, shape, .. } => {
                 attention_spatial(k, shape, r.get(s(*q)), r.get(s(*kk)), r.get(s(*v)), y, scratch)
+            }
+            Step::QConv { x, cin, plan, groups, bias } => {
+                let xs = r.get(s(*x));
+                let bytes: usize = groups.iter().map(|g| g.layout.len().div_ceil(4)).sum();
+                let (qbuf, scratch) = scratch.split_at_mut(bytes);
+                let mut qbytes: &mut [u8] = bytemuck::cast_slice_mut(qbuf);
+                // At most 8 groups (format limit): no allocation.
+                let mut qin = [QInput { data: &[], zero_point: 0, scale: &[] }; 8];
+                for (gi, g) in groups.iter().enumerate() {
+                    let (mine, rest) = std::mem::take(&mut qbytes).split_at_mut(g.layout.len().div_ceil(4) * 4);
+                    qbytes = rest;
+                    let mine = &mut mine[..g.layout.len()];
+                    quant::quantize_c4(k, xs, *cin, g.ch0, Activation::None, g.q, &g.layout, mine);
+                    qin[gi] = QInput { data: mine, zero_point: g.q.zero_point, scale: &g.scale };
+                }
+                qconv::qconv2d(k, plan, &qin[..groups.len()], bias.as_deref(), QOutput::F32(y), scratch)
+            }
+            Step::QConvT { x, plan, q, scale, bias } => {
+                let layout = *plan.input_layout();
+                let (qbuf, scratch) = scratch.split_at_mut(layout.len().div_ceil(4));
+                let qbytes: &mut [u8] = &mut bytemuck::cast_slice_mut(qbuf)[..layout.len()];
+                quant::quantize_c4(k, r.get(s(*x)), layout.c, 0, Activation::None, *q, &layout, qbytes);
+                let input = QInput { data: qbytes, zero_point: q.zero_point, scale };
+                qconv::qconv_transpose2d(k, plan, input, bias.as_deref(), QOutput::F32(y), scratch)
+            }
+            Step::QAttention { q, k: kk, v, a } => {
+                qattention::qattention(k, a, r.get(s(*q)), r.get(s(*kk)), r.get(s(*v)), y, scratch)
             }
         }
         Ok(())

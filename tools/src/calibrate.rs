@@ -10,41 +10,49 @@ use edadm_quantizer::calib::{self, Method};
 use edadm_runtime::Model;
 use edadm_runtime::sampler::{SamplerConfig, SamplerKind, Skip};
 
+/// How to build a calibration set (shared by `edadm calibrate` and `edadm quantize`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct CalibOpts {
+    /// Selection method: TDAC (EDA-DM), Q-Diffusion's uniform steps, PTQ4DM's NDTC, or random.
+    #[arg(long, default_value = "tdac", value_parser = ["tdac", "uniform", "ndtc", "random"])]
+    pub calib: String,
+    /// Calibration samples = FP trajectories (one sample each).
+    #[arg(long, default_value_t = 1024)]
+    pub n_calib: usize,
+    /// TDAC: weight λ of the variety score.
+    #[arg(long, default_value_t = 1.2)]
+    pub lambda: f64,
+    /// TDAC: density threshold ε on the mean squared feature distance.
+    #[arg(long, default_value_t = 3.0)]
+    pub eps: f64,
+    /// Sampler of the trajectories (the task's sampler).
+    #[arg(long, default_value = "ddim", value_parser = ["ddim", "ddpm", "plms", "dpm-solver++"])]
+    pub sampler: String,
+    /// Sampler steps.
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// Timestep spacing.
+    #[arg(long, default_value = "quad", value_parser = ["uniform", "quad"])]
+    pub skip: String,
+    /// DDIM η.
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f32,
+    /// Images per FP evaluation while sampling trajectories.
+    #[arg(long, default_value_t = 64)]
+    pub sample_batch: usize,
+    /// Seed of the trajectories' noise and of the selection (and, for quantize, of the
+    /// reconstruction's draws).
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+}
+
 /// Arguments of `edadm calibrate`.
 #[derive(clap::Args, Debug)]
 pub struct CalibrateArgs {
     /// The FP model (`.edq`).
     model: PathBuf,
-    /// Selection method: TDAC (EDA-DM), Q-Diffusion's uniform steps, PTQ4DM's NDTC, or random.
-    #[arg(long, default_value = "tdac", value_parser = ["tdac", "uniform", "ndtc", "random"])]
-    calib: String,
-    /// Calibration samples = FP trajectories (one sample each).
-    #[arg(long, default_value_t = 1024)]
-    n_calib: usize,
-    /// TDAC: weight λ of the variety score.
-    #[arg(long, default_value_t = 1.2)]
-    lambda: f64,
-    /// TDAC: density threshold ε on the mean squared feature distance.
-    #[arg(long, default_value_t = 3.0)]
-    eps: f64,
-    /// Sampler of the trajectories (the task's sampler).
-    #[arg(long, default_value = "ddim", value_parser = ["ddim", "ddpm", "plms", "dpm-solver++"])]
-    sampler: String,
-    /// Sampler steps.
-    #[arg(long, default_value_t = 100)]
-    steps: usize,
-    /// Timestep spacing.
-    #[arg(long, default_value = "quad", value_parser = ["uniform", "quad"])]
-    skip: String,
-    /// DDIM η.
-    #[arg(long, default_value_t = 0.0)]
-    eta: f32,
-    /// Images per FP evaluation.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-    /// Seed of the trajectories' noise and of the selection.
-    #[arg(long, default_value_t = 1234)]
-    seed: u64,
+    #[command(flatten)]
+    opts: CalibOpts,
     /// Output file (safetensors).
     #[arg(short, long)]
     output: PathBuf,
@@ -52,15 +60,38 @@ pub struct CalibrateArgs {
 
 /// Runs `edadm calibrate`.
 pub fn run(a: CalibrateArgs) -> Result<()> {
-    if a.n_calib == 0 || a.batch == 0 || a.steps == 0 {
-        bail!("--n-calib, --batch and --steps must be at least 1");
+    let model = Model::open(&a.model).with_context(|| format!("cannot open {}", a.model.display()))?;
+    let started = Instant::now();
+    let (set, sampled) = build(&model, &a.model, &a.opts)?;
+    calib::save(&set, &a.output)?;
+    let per = set.per_step();
+    let used = per.iter().filter(|&&c| c > 0).count();
+    println!(
+        "wrote {}: {} samples from {} steps ({} used), {} in {:.1} s (sampling {:.1} s)",
+        a.output.display(),
+        set.len(),
+        set.steps,
+        used,
+        a.opts.calib,
+        started.elapsed().as_secs_f64(),
+        sampled
+    );
+    if let Some(s) = &set.tdac {
+        println!("TDAC: samples per step (denoising order) {:?}", s.counts);
+    }
+    Ok(())
+}
+
+/// Samples FP trajectories and selects the calibration set; returns it with the sampling time.
+pub fn build(model: &Model, path: &std::path::Path, a: &CalibOpts) -> Result<(calib::CalibSet, f64)> {
+    if a.n_calib == 0 || a.sample_batch == 0 || a.steps == 0 {
+        bail!("--n-calib, --sample-batch and --steps must be at least 1");
     }
     if !(a.lambda.is_finite() && a.lambda >= 0.0 && a.eps.is_finite() && a.eps >= 0.0) {
         bail!("--lambda and --eps must be finite and non-negative");
     }
-    let model = Model::open(&a.model).with_context(|| format!("cannot open {}", a.model.display()))?;
     if model.is_quantized() {
-        bail!("{}: calibration needs the FP model, this file is already quantized", a.model.display());
+        bail!("{}: calibration needs the FP model, this file is already quantized", path.display());
     }
     let method = match a.calib.as_str() {
         "tdac" => Method::Tdac { lambda: a.lambda, eps: a.eps },
@@ -71,7 +102,7 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
     let feature = match method {
         Method::Tdac { .. } => Some(
             calib::feature_value(model.graph())
-                .with_context(|| format!("{}: no middle block to take TDAC's feature map from", a.model.display()))?,
+                .with_context(|| format!("{}: no middle block to take TDAC's feature map from", path.display()))?,
         ),
         _ => None,
     };
@@ -90,37 +121,21 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let started = Instant::now();
-    let tr = calib::collect(&model, cfg, a.n_calib, a.batch, feature.as_ref().map(|f| f.0), &mut |d, n| {
+    let tr = calib::collect(model, cfg, a.n_calib, a.sample_batch, feature.as_ref().map(|f| f.0), &mut |d, n| {
         bar.set_length(n as u64);
         bar.set_position(d as u64);
     })
-    .with_context(|| format!("cannot sample from {}", a.model.display()))?;
+    .with_context(|| format!("cannot sample from {}", path.display()))?;
     bar.finish_and_clear();
     let sampled = started.elapsed().as_secs_f64();
     let mut set = calib::select(&tr, method, a.seed)?;
     set.provenance.extend([
-        ("model".to_string(), a.model.display().to_string()),
+        ("model".to_string(), path.display().to_string()),
         ("sampler".into(), format!("{} {} steps, {} skip, eta {}", a.sampler, a.steps, a.skip, a.eta)),
         ("trajectories".into(), a.n_calib.to_string()),
     ]);
     if let Some((_, what)) = &feature {
         set.provenance.push(("feature_map".into(), what.clone()));
     }
-    calib::save(&set, &a.output)?;
-    let per = set.per_step();
-    let used = per.iter().filter(|&&c| c > 0).count();
-    println!(
-        "wrote {}: {} samples from {} steps ({} used), {} in {:.1} s (sampling {:.1} s)",
-        a.output.display(),
-        set.len(),
-        set.steps,
-        used,
-        method.name(),
-        started.elapsed().as_secs_f64(),
-        sampled
-    );
-    if let (Some(s), Some((_, what))) = (&set.tdac, &feature) {
-        println!("TDAC on the {what}: samples per step (denoising order) {:?}", s.counts);
-    }
-    Ok(())
+    Ok((set, sampled))
 }

@@ -5,6 +5,7 @@ mod calibrate;
 mod import_cmd;
 mod inspect;
 mod output;
+mod quantize;
 mod sample;
 
 use std::path::PathBuf;
@@ -26,6 +27,8 @@ enum Command {
     Import(import_cmd::ImportArgs),
     /// Sample FP trajectories and select a calibration set (TDAC or a baseline).
     Calibrate(calibrate::CalibrateArgs),
+    /// Quantize an FP model with EDA-DM (TDAC + FBR) or a baseline and export the integer model.
+    Quantize(quantize::QuantizeArgs),
     /// Generate samples with a model and write them as a PNG grid.
     Sample(sample::SampleArgs),
     /// Show what an .edq file holds: header, metadata, graph, tensors, size by dtype.
@@ -67,6 +70,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Import(a) => Ok(import_cmd::run(a)?),
         Command::Calibrate(a) => Ok(calibrate::run(a)?),
         Command::Sample(a) => Ok(sample::run(a)?),
+        Command::Quantize(a) => Ok(quantize::run(a)?),
         Command::Inspect { file, json, full } => {
             let model = MappedModel::open(&file).map_err(|e| file_failure(&file, e))?;
             model.verify().map_err(|e| file_failure(&file, e))?;

@@ -129,6 +129,17 @@ fn u32_bytes(v: &[u32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// SHA-256 (hex) of the samples and timesteps of a set.
+pub fn digest(set: &CalibSet) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for v in set.x.iter().chain(&set.t) {
+        h.update(v.to_le_bytes());
+    }
+    h.update(set.step.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Writes the set as safetensors (`x`, `t`, `step`, and TDAC's `tdac.*` per-step scores), the
 /// provenance in its metadata; atomically.
 pub fn save(set: &CalibSet, path: &Path) -> Result<()> {
@@ -167,7 +178,8 @@ pub fn save(set: &CalibSet, path: &Path) -> Result<()> {
 pub fn load(path: &Path) -> Result<CalibSet> {
     let bad = |what: String| QuantError::BadFile { path: path.display().to_string(), what };
     let bytes = std::fs::read(path).map_err(|e| QuantError::Io { path: path.display().to_string(), source: e })?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a calibration set (safetensors): {e}")))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
     if meta.get("format").map(String::as_str) != Some(FORMAT_TAG) {

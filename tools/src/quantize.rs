@@ -1,0 +1,290 @@
+//! `edadm quantize`: EDA-DM (or a baseline) from an FP `.edq` to a quantized `.edq` — calibration
+//! (or a saved calibration set), quantizer initialisation, reconstruction with a checkpoint after
+//! every unit, export. The output file appears only when the run is complete.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use edadm_format::MetaValue;
+use edadm_format::metadata::keys;
+use edadm_quantizer::calib::{self, CalibSet};
+use edadm_quantizer::net::Net;
+use edadm_quantizer::quant::{self, Event, QuantizeConfig, Recon, ReconConfig, Structure};
+use edadm_runtime::Model;
+
+use crate::calibrate::CalibOpts;
+
+/// Arguments of `edadm quantize`.
+#[derive(clap::Args, Debug)]
+pub struct QuantizeArgs {
+    /// The FP model (`.edq`).
+    model: PathBuf,
+    /// Weight bits (the first time-embedding linear and the output conv always get 8).
+    #[arg(long, default_value_t = 8)]
+    wbits: u32,
+    /// Activation bits (8 is what the integer kernels take).
+    #[arg(long, default_value_t = 8)]
+    abits: u32,
+    #[command(flatten)]
+    calib: CalibOpts,
+    /// Use a saved calibration set (`edadm calibrate`) instead of sampling one; the calibration
+    /// options must then be left at their defaults.
+    #[arg(long)]
+    calib_set: Option<PathBuf>,
+    /// Reconstruction: EDA-DM's FBR, BRECQ's block-wise, layer-wise, or none (initialisation only).
+    #[arg(long, default_value = "fbr", value_parser = ["fbr", "block", "layer", "none"])]
+    recon: String,
+    /// FBR: weight γ of the layer losses.
+    #[arg(long, default_value_t = 0.8)]
+    gamma: f64,
+    /// Iterations per unit (official: 5000).
+    #[arg(long, default_value_t = 5000)]
+    iters: usize,
+    /// Reconstruction minibatch (official: 32).
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Learning rate of AdaRound's α (default: 5e-2 at W8, 5e-1 at W4, the official CIFAR values).
+    #[arg(long)]
+    lr_w: Option<f64>,
+    /// Learning rate of the activation steps (default: 1e-3 at W8, 5e-4 at W4).
+    #[arg(long)]
+    lr_a: Option<f64>,
+    /// Calibration samples held out to validate each unit (default: an eighth, at least 8).
+    #[arg(long)]
+    holdout: Option<usize>,
+    /// Q-Diffusion's split of the skip convolution on decoder concatenations (official: on).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    split: bool,
+    /// A calibration-set file whose samples the final ε-MSE check uses instead of the held-out ones.
+    #[arg(long)]
+    eval_set: Option<PathBuf>,
+    /// Write report.json, calibration.svg and units.svg here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Checkpoint file (default: the output path + `.ckpt`).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Continue from the checkpoint of an interrupted run with the same options.
+    #[arg(long)]
+    resume: bool,
+    /// Output file.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+fn calib_defaults_changed(o: &CalibOpts) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if o.calib != "tdac" {
+        v.push("--calib");
+    }
+    if o.n_calib != 1024 {
+        v.push("--n-calib");
+    }
+    if o.lambda != 1.2 {
+        v.push("--lambda");
+    }
+    if o.eps != 3.0 {
+        v.push("--eps");
+    }
+    if o.sampler != "ddim" || o.steps != 100 || o.skip != "quad" || o.eta != 0.0 {
+        v.push("--sampler/--steps/--skip/--eta");
+    }
+    v
+}
+
+/// Runs `edadm quantize`.
+pub fn run(a: QuantizeArgs) -> Result<()> {
+    let started = Instant::now();
+    let method = Recon::from_name(&a.recon).expect("clap checked --recon");
+    if !matches!(a.wbits, 4 | 8) {
+        bail!("--wbits {}: 8 or 4 are supported", a.wbits);
+    }
+    if a.abits != 8 {
+        bail!("--abits {}: only 8-bit activations are supported (the integer kernels take u8 inputs)", a.abits);
+    }
+    if method != Recon::None && (a.iters == 0 || a.batch == 0) {
+        bail!("--iters and --batch must be at least 1");
+    }
+    if !(a.gamma.is_finite() && a.gamma >= 0.0) {
+        bail!("--gamma must be finite and non-negative");
+    }
+    if method != Recon::Fbr && a.gamma != 0.8 {
+        bail!("--gamma weighs FBR's layer losses; it has no meaning with --recon {}", a.recon);
+    }
+    for (name, v) in [("--lr-w", a.lr_w), ("--lr-a", a.lr_a)] {
+        if let Some(v) = v
+            && !(v.is_finite() && v > 0.0)
+        {
+            bail!("{name} must be finite and positive");
+        }
+    }
+    if a.output.extension().and_then(|e| e.to_str()) != Some("edq") {
+        bail!("{}: the output must be an .edq file", a.output.display());
+    }
+    let model = Model::open(&a.model).with_context(|| format!("cannot open {}", a.model.display()))?;
+    if model.is_quantized() {
+        bail!("{}: this file is already quantized; quantize its FP source", a.model.display());
+    }
+
+    let set: CalibSet = match &a.calib_set {
+        Some(p) => {
+            let changed = calib_defaults_changed(&a.calib);
+            if !changed.is_empty() {
+                bail!("{} cannot be combined with --calib-set (the set was already selected)", changed.join(", "));
+            }
+            calib::load(p)?
+        }
+        None => {
+            eprintln!("calibration: {} trajectories, {} selection", a.calib.n_calib, a.calib.calib);
+            calibrate_set(&model, &a)?
+        }
+    };
+    if set.sample_shape != model.sample_shape() {
+        bail!(
+            "the calibration samples are {:?} but {} takes {:?}",
+            set.sample_shape,
+            a.model.display(),
+            model.sample_shape()
+        );
+    }
+    let eval = match &a.eval_set {
+        Some(p) => Some(calib::load(p)?),
+        None => None,
+    };
+    let n = set.len();
+    let holdout = a.holdout.unwrap_or((n / 8).max(8).min(n / 2));
+    if method != Recon::None && holdout == 0 && eval.is_none() {
+        bail!("--holdout 0 leaves nothing to validate the units on");
+    }
+    let (lr_w0, lr_a0) = if a.wbits == 4 { (5e-1, 5e-4) } else { (5e-2, 1e-3) };
+    let cfg = QuantizeConfig {
+        structure: Structure { wbits: a.wbits, abits: a.abits, split: a.split },
+        recon: ReconConfig {
+            method,
+            iters: a.iters,
+            batch: a.batch,
+            lr_w: a.lr_w.unwrap_or(lr_w0),
+            lr_a: a.lr_a.unwrap_or(lr_a0),
+            gamma: if method == Recon::Fbr { a.gamma } else { 0.0 },
+            drop_prob: 0.5,
+        },
+        seed: a.calib.seed,
+        holdout,
+        init_samples: 256,
+        init_batch: 64,
+        chunk: 32,
+    };
+    let ckpt = a.checkpoint.clone().unwrap_or_else(|| {
+        let mut p = a.output.clone().into_os_string();
+        p.push(".ckpt");
+        PathBuf::from(p)
+    });
+    if !a.resume && ckpt.exists() {
+        bail!("{} exists (an interrupted run?): continue it with --resume, or delete it to start over", ckpt.display());
+    }
+
+    let net = Net::from_model(&model, &candle_core::Device::Cpu)?;
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} it, loss {msg}, {eta} left")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut progress = |e: Event<'_>| match e {
+        Event::Stage(s) => eprintln!("{s}"),
+        Event::Iter { unit, units, name, it } => {
+            if it.iter == 1 {
+                bar.reset();
+                bar.set_length(it.iters as u64);
+                bar.set_prefix(format!("unit {}/{units} {name}", unit + 1));
+            }
+            bar.set_position(it.iter as u64);
+            bar.set_message(format!("{:.4e}", it.loss));
+        }
+        Event::UnitDone { unit, units, report: r } => {
+            bar.suspend(|| {
+                eprintln!(
+                    "unit {}/{units} {:<28} held-out loss {:.4e} -> {:.4e} {} ({:.1} s)",
+                    unit + 1,
+                    r.name,
+                    r.block_before,
+                    r.block_after,
+                    if r.kept { "kept" } else { "not lower: initialised parameters kept" },
+                    r.seconds
+                )
+            });
+        }
+        Event::UnitResumed { unit, units, name } => eprintln!("unit {}/{units} {name}: from the checkpoint", unit + 1),
+    };
+    let out = quant::quantize(&net, &set, &cfg, Some(&ckpt), a.resume, eval.as_ref(), &mut progress)?;
+    bar.finish_and_clear();
+    let r = &out.report;
+
+    let sha = calib::digest(&set);
+    let calib_method = set.provenance.iter().find(|(k, _)| k == "method").map_or("unknown", |(_, v)| v.as_str());
+    let mut meta: Vec<(String, MetaValue)> = vec![
+        (keys::QUANT_METHOD.into(), MetaValue::Str(format!("{calib_method}+{}", method.name()))),
+        (keys::QUANT_CALIBRATION.into(), MetaValue::Str(calib_method.into())),
+        (keys::QUANT_RECONSTRUCTION.into(), MetaValue::Str(method.name().into())),
+        (keys::QUANT_WEIGHT_BITS.into(), MetaValue::U64(u64::from(a.wbits))),
+        (keys::QUANT_ACT_BITS.into(), MetaValue::U64(u64::from(a.abits))),
+        (keys::QUANT_SPLIT.into(), MetaValue::Bool(a.split)),
+        (keys::QUANT_SEED.into(), MetaValue::U64(cfg.seed)),
+        (keys::CALIB_SAMPLES.into(), MetaValue::U64(n as u64)),
+        (keys::CALIB_SHA256.into(), MetaValue::Str(sha)),
+    ];
+    if method != Recon::None {
+        meta.extend([
+            (keys::QUANT_ITERS.to_string(), MetaValue::U64(a.iters as u64)),
+            (keys::QUANT_BATCH.into(), MetaValue::U64(a.batch as u64)),
+            (keys::QUANT_LR_W.into(), MetaValue::F64(cfg.recon.lr_w)),
+            (keys::QUANT_LR_A.into(), MetaValue::F64(cfg.recon.lr_a)),
+        ]);
+    }
+    if method == Recon::Fbr {
+        meta.push((keys::QUANT_GAMMA.into(), MetaValue::F64(a.gamma)));
+    }
+    for (k, key) in [("lambda", keys::QUANT_LAMBDA), ("eps", keys::QUANT_EPSILON)] {
+        if let Some(v) = set.provenance.iter().find(|(p, _)| p == k).and_then(|(_, v)| v.parse::<f64>().ok()) {
+            meta.push((key.into(), MetaValue::F64(v)));
+        }
+    }
+    let size = quant::export::write(&a.output, &model, &out.model, meta)?;
+    if let Some(dir) = &a.report {
+        let settings = serde_json::json!({
+            "model": a.model.display().to_string(),
+            "config": cfg,
+            "calib_set": a.calib_set.as_ref().map(|p| p.display().to_string()),
+            "output": a.output.display().to_string(),
+            "output_bytes": size,
+            "seconds_total": started.elapsed().as_secs_f64(),
+        });
+        quant::report::write(dir, &set, r, settings)?;
+    }
+    let _ = std::fs::remove_file(&ckpt);
+    let kept = r.units.iter().filter(|u| u.kept).count();
+    println!(
+        "wrote {} ({:.1} MiB, W{}A{} {}+{}): ε-MSE vs FP on {} samples {:.4e} (initialisation only {:.4e}){}; \
+         {}/{} units improved; {:.1} s",
+        a.output.display(),
+        size as f64 / (1024.0 * 1024.0),
+        a.wbits,
+        a.abits,
+        calib_method,
+        method.name(),
+        r.eval_samples,
+        r.eps_mse_final,
+        r.eps_mse_init,
+        if r.reverted_to_init { " — reconstruction was worse overall, the initialised model was kept" } else { "" },
+        kept,
+        r.units.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn calibrate_set(model: &Model, a: &QuantizeArgs) -> Result<CalibSet> {
+    let (set, secs) = crate::calibrate::build(model, &a.model, &a.calib)?;
+    eprintln!("calibration: {} samples in {secs:.1} s", set.len());
+    Ok(set)
+}
