@@ -83,6 +83,13 @@ pub trait Hooks {
     fn levels(&self, node: usize, _group: usize, _x: Tensor) -> Result<Tensor> {
         Err(QuantError::Invalid(format!("node {node}: no integer form")))
     }
+    /// The runtime's kernels, when the f32 ops between quantizers (norms, activations) and the
+    /// quantized attention should be computed by them, bit-identically to the runtime on the
+    /// same kernel tier (so no activation lands on the other side of a rounding boundary).
+    /// Not differentiable.
+    fn runtime_kernels(&self) -> Option<&edadm_kernels::Kernels> {
+        None
+    }
     /// The quantizers `(Δ, zp, qmax)` of an attention node's q, k, v and probabilities, when it
     /// should compute as the integer runtime does.
     fn attention_integer(&self, _node: usize) -> Option<[(f32, f32, f32); 4]> {
@@ -249,6 +256,11 @@ impl Net {
             }
             Ok(Tensor::cat(&parts, axis)?)
         };
+        if let Some(k) = hooks.runtime_kernels()
+            && let Some(y) = self.node_by_kernels(ni, &x, env, k, hooks)?
+        {
+            return Ok(y);
+        }
         if let Some(groups) = hooks.integer(ni) {
             return match &node.op {
                 Op::Conv2d(c) => {
@@ -466,6 +478,90 @@ impl Net {
             }
         };
         Ok(y)
+    }
+}
+
+impl Net {
+    /// Norms, activations and quantized attention computed by the runtime's kernels; `None`
+    /// for every other op.
+    fn node_by_kernels(
+        &self,
+        ni: usize,
+        x: &Tensor,
+        env: &Env,
+        k: &edadm_kernels::Kernels,
+        hooks: &dyn Hooks,
+    ) -> Result<Option<Tensor>> {
+        use edadm_kernels::ops::{act::Activation, norm};
+        let node = &self.graph.nodes[ni];
+        let p = &self.params[ni];
+        let vecs = |t: &Option<Tensor>| t.as_ref().map(to_vec).transpose();
+        let xs = to_vec(x)?;
+        let mut y = vec![0f32; xs.len()];
+        match &node.op {
+            Op::GroupNorm(gn) => {
+                let (n, c, h, w) = x.dims4()?;
+                let (g, b) = (vecs(&p.weight)?, vecs(&p.bias)?);
+                let a = Activation::None;
+                norm::group_norm(
+                    k,
+                    &xs,
+                    n,
+                    c,
+                    h * w,
+                    gn.groups as usize,
+                    gn.eps,
+                    g.as_deref(),
+                    b.as_deref(),
+                    a,
+                    &mut y,
+                );
+            }
+            Op::LayerNorm(ln) if ln.axes == LayerNormAxes::ChannelSpatial => {
+                let n = x.dim(0)?;
+                let (g, b) = (vecs(&p.weight)?, vecs(&p.bias)?);
+                let len = xs.len() / n.max(1);
+                norm::layer_norm_chw(k, &xs, n, len, ln.eps, g.as_deref(), b.as_deref(), Activation::None, &mut y);
+            }
+            Op::Silu | Op::Relu | Op::Sigmoid | Op::Gelu(_) => {
+                let a = match node.op {
+                    Op::Silu => Activation::Silu,
+                    Op::Relu => Activation::Relu,
+                    Op::Sigmoid => Activation::Sigmoid,
+                    Op::Gelu(GeluApprox::Erf) => Activation::GeluErf,
+                    _ => Activation::GeluTanh,
+                };
+                edadm_kernels::ops::act::apply_to(k, a, &xs, &mut y);
+            }
+            Op::Attention(a) if a.layout == AttentionLayout::Spatial => {
+                let Some(qs) = hooks.attention_integer(ni) else { return Ok(None) };
+                let (n, c, h, w) = x.dims4()?;
+                let aq = |(d, z, m): (f32, f32, f32)| edadm_kernels::ops::quant::ActQ {
+                    delta: d,
+                    zero_point: z as u8,
+                    bits: ((m + 1.0).log2().round()) as u8,
+                };
+                let qa = edadm_kernels::ops::qattention::QAttention {
+                    n,
+                    channels: c,
+                    heads: a.heads as usize,
+                    tokens: h * w,
+                    scale: a.scale,
+                    scale_before: a.scale_placement == edadm_format::graph::ScalePlacement::BeforeQuantization,
+                    q: aq(qs[0]),
+                    k: aq(qs[1]),
+                    v: aq(qs[2]),
+                    p: aq(qs[3]),
+                    key_tile: 256,
+                };
+                let kv = to_vec(&self.get(env, node.inputs[1], ni)?)?;
+                let vv = to_vec(&self.get(env, node.inputs[2], ni)?)?;
+                let mut scratch = vec![0f32; qa.scratch_len(k)];
+                edadm_kernels::ops::qattention::qattention(k, &qa, &xs, &kv, &vv, &mut y, &mut scratch);
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some(Tensor::from_vec(y, x.shape(), x.device())?))
     }
 }
 

@@ -38,12 +38,13 @@ pub struct QHooks<'a> {
     ranges: Option<RefCell<Ranges>>,
     record: Recorded<'a>,
     ints: Option<&'a [Option<IntForm>]>,
+    kernels: Option<edadm_kernels::Kernels>,
 }
 
 impl<'a> QHooks<'a> {
     /// The quantized model with fixed weights `weights` (dequantized, op layout).
     pub fn new(q: &'a QModel, weights: &'a [Option<Tensor>]) -> Self {
-        QHooks { q, weights, train: None, drop: None, ranges: None, record: None, ints: None }
+        QHooks { q, weights, train: None, drop: None, ranges: None, record: None, ints: None, kernels: None }
     }
 
     /// Reconstruction: the unit's α and Δ are variables; with `drop_seed`, trained quantizers
@@ -66,6 +67,7 @@ impl<'a> QHooks<'a> {
     /// and the softmax. Ignored while training or observing.
     pub fn integer(mut self, ints: &'a [Option<IntForm>]) -> Self {
         self.ints = Some(ints);
+        self.kernels = edadm_kernels::select().ok();
         self
     }
 
@@ -165,6 +167,13 @@ impl Hooks for QHooks<'_> {
             })
             .collect();
         Ok(Tensor::from_vec(v, x.shape(), x.device())?)
+    }
+
+    fn runtime_kernels(&self) -> Option<&edadm_kernels::Kernels> {
+        if self.train.is_some() || self.ranges.is_some() {
+            return None;
+        }
+        self.kernels.as_ref()
     }
 
     fn attention_integer(&self, ni: usize) -> Option<[(f32, f32, f32); 4]> {
