@@ -91,7 +91,7 @@ pub trait Hooks {
         None
     }
     /// The quantizers `(Δ, zp, qmax)` of an attention node's q, k, v and probabilities, when it
-    /// should compute as the integer runtime does.
+    /// should compute as the integer runtime does (through [`Hooks::runtime_kernels`]).
     fn attention_integer(&self, _node: usize) -> Option<[(f32, f32, f32); 4]> {
         None
     }
@@ -446,29 +446,6 @@ impl Net {
                 let (n, c, h, w) = x.dims4()?;
                 let heads = a.heads as usize;
                 let (d, l) = (c / heads, h * w);
-                if let Some(qs) = hooks.attention_integer(ni) {
-                    // As the integer runtime: logits = (scale·Δq·Δk)·Σ(q̂ − zq)(k̂ − zk) (the
-                    // scale folded into q and k first for the before-quantization placement),
-                    // softmax, probabilities quantized, (Δp·Δv)·Σ(p̂ − zp)(v̂ − zv).
-                    let before = a.scale_placement == edadm_format::graph::ScalePlacement::BeforeQuantization;
-                    let pre = if before { f64::from(a.scale.sqrt()) } else { 1.0 };
-                    let lv = |t: Tensor, (d, z, m): (f32, f32, f32)| -> Result<Tensor> {
-                        let t = if before && pre != 1.0 { (t * pre)? } else { t };
-                        let v: Vec<f32> = to_vec(&t)?
-                            .iter()
-                            .map(|&x| (crate::grid::round_half_even(x / d) + z).clamp(0.0, m) - z)
-                            .collect();
-                        Ok(Tensor::from_vec(v, t.shape(), t.device())?)
-                    };
-                    let sigma = if before { qs[0].0 * qs[1].0 } else { a.scale * qs[0].0 * qs[1].0 };
-                    let q = lv(x, qs[0])?.reshape((n, heads, d, l))?;
-                    let k = lv(k, qs[1])?.reshape((n, heads, d, l))?;
-                    let v = lv(v, qs[2])?.reshape((n, heads, d, l))?;
-                    let s = (q.transpose(2, 3)?.contiguous()?.matmul(&k.contiguous()?)? * f64::from(sigma))?;
-                    let p = lv(softmax_last(&s)?, qs[3])?;
-                    let o = v.contiguous()?.matmul(&p.transpose(2, 3)?.contiguous()?)?;
-                    return Ok((o * f64::from(qs[3].0 * qs[2].0))?.reshape((n, c, h, w))?);
-                }
                 let q = hooks.input(ni, 0, x)?.reshape((n, heads, d, l))?;
                 let k = hooks.input(ni, 1, k)?.reshape((n, heads, d, l))?;
                 let v = hooks.input(ni, 2, v)?.reshape((n, heads, d, l))?;

@@ -446,28 +446,7 @@ fn build_step<'m>(
     let v = |i: usize| node.inputs[i].0;
     let opt = |t: Option<TensorId>| t.map(|t| floats(model, t));
     Ok(match &node.op {
-        Op::Conv2d(c) => {
-            let [n, ci, h, w] = rank4(node, ins[0], "Conv2d input")?;
-            check_channels(node, ci, c.in_channels)?;
-            let geom = ConvGeom {
-                c: (c.in_channels / c.groups) as usize,
-                h,
-                w,
-                kernel: c.kernel.map(|x| x as usize),
-                stride: c.stride.map(|x| x as usize),
-                dilation: c.dilation.map(|x| x as usize),
-                pad: [c.padding.top, c.padding.bottom, c.padding.left, c.padding.right].map(|x| x as usize),
-                pad_value: 0.0,
-            };
-            let (cout, groups) = (c.out_channels as usize, c.groups as usize);
-            let wf = floats(model, c.weight);
-            let Some(plan) = conv::Conv2dPlan::new(k, geom, groups, cout, &wf) else {
-                return Err(shape_err(node, format!("a {:?} kernel does not fit a {h}x{w} input", c.kernel)));
-            };
-            let [oh, ow] = plan.out_hw();
-            let scratch = plan.scratch_len(k);
-            (Step::Conv { x: v(0), n, plan, bias: opt(c.bias) }, vec![n, cout, oh, ow], scratch)
-        }
+        Op::Conv2d(c) => return build_f32_weighted(model, k, node, ins, &floats(model, c.weight)),
         Op::ConvTranspose2d(c) => {
             let [n, ci, h, w] = rank4(node, ins[0], "ConvTranspose2d input")?;
             check_channels(node, ci, c.in_channels)?;
@@ -487,25 +466,7 @@ fn build_step<'m>(
             let scratch = conv::conv_transpose2d_scratch_len(k, &geom);
             (Step::ConvT { x: v(0), n, geom, w, bias: opt(c.bias) }, vec![n, geom.cout, oh, ow], scratch)
         }
-        Op::Linear(l) => {
-            let s = ins[0];
-            let (&last, lead) = s.split_last().ok_or_else(|| shape_err(node, "Linear of a scalar"))?;
-            if lead.is_empty() || last != l.in_features as usize {
-                return Err(shape_err(node, format!("Linear expects [.., {}], got {s:?}", l.in_features)));
-            }
-            let rows: usize = lead.iter().product();
-            let (inf, outf) = (l.in_features as usize, l.out_features as usize);
-            let wf = floats(model, l.weight);
-            let mut wbuf = edadm_kernels::AlignedF32::zeros(k.sgemm().packed_a_len(outf, inf));
-            edadm_kernels::gemm::pack_a(
-                edadm_kernels::gemm::MatRef::row_major(&wf, outf, inf),
-                k.sgemm().mr,
-                &mut wbuf,
-            );
-            let mut out = lead.to_vec();
-            out.push(outf);
-            (Step::Linear { x: v(0), rows, inf, outf, w: wbuf, bias: opt(l.bias) }, out, k.sgemm().scratch_len())
-        }
+        Op::Linear(l) => return build_f32_weighted(model, k, node, ins, &floats(model, l.weight)),
         Op::GroupNorm(gn) => {
             let [n, c, h, w] = rank4(node, ins[0], "GroupNorm input")?;
             check_channels(node, c, gn.channels)?;
@@ -773,7 +734,7 @@ fn build_quant_step<'m>(
                         }
                     }
                 }
-                return build_dequantized(model, k, node, ins, wf);
+                return build_f32_weighted(model, k, node, ins, &wf);
             }
             if wq.groups.iter().any(|g| g.input.is_some_and(|a| a.bits != 8)) {
                 return Err(unsupported(node, "input quantizers other than 8-bit"));
@@ -883,13 +844,14 @@ fn qconv_step<'m>(
     Ok((step, vec![geom.n, geom.cout, oh, ow], scratch))
 }
 
-/// A conv or linear node run in f32 with the given (dequantized) weights.
-fn build_dequantized<'m>(
+/// A conv or linear node run in f32 with the weights `wf` (the file's, or dequantized ones for a
+/// quantized node whose input stays f32).
+fn build_f32_weighted<'m>(
     model: &'m Model,
     k: &Kernels,
     node: &Node,
     ins: &[&Vec<usize>],
-    wf: Vec<f32>,
+    wf: &[f32],
 ) -> Result<(Step<'m>, Vec<usize>, usize)> {
     let v = |i: usize| node.inputs[i].0;
     let opt = |t: Option<TensorId>| t.map(|t| floats(model, t));
@@ -908,7 +870,7 @@ fn build_dequantized<'m>(
                 pad_value: 0.0,
             };
             let (cout, groups) = (c.out_channels as usize, c.groups as usize);
-            let Some(plan) = conv::Conv2dPlan::new(k, geom, groups, cout, &wf) else {
+            let Some(plan) = conv::Conv2dPlan::new(k, geom, groups, cout, wf) else {
                 return Err(shape_err(node, format!("a {:?} kernel does not fit a {h}x{w} input", c.kernel)));
             };
             let [oh, ow] = plan.out_hw();
@@ -924,11 +886,7 @@ fn build_dequantized<'m>(
             let rows: usize = lead.iter().product();
             let (inf, outf) = (l.in_features as usize, l.out_features as usize);
             let mut wbuf = edadm_kernels::AlignedF32::zeros(k.sgemm().packed_a_len(outf, inf));
-            edadm_kernels::gemm::pack_a(
-                edadm_kernels::gemm::MatRef::row_major(&wf, outf, inf),
-                k.sgemm().mr,
-                &mut wbuf,
-            );
+            edadm_kernels::gemm::pack_a(edadm_kernels::gemm::MatRef::row_major(wf, outf, inf), k.sgemm().mr, &mut wbuf);
             let mut out = lead.to_vec();
             out.push(outf);
             Ok((Step::Linear { x: v(0), rows, inf, outf, w: wbuf, bias: opt(l.bias) }, out, k.sgemm().scratch_len()))

@@ -119,11 +119,10 @@ impl WNode {
     pub fn dequant_rows(&self) -> Vec<f32> {
         let row = self.row();
         let mut w = vec![0f32; self.ints.len()];
-        for (g, grp) in self.groups.iter().enumerate() {
+        for grp in &self.groups {
             let (s, e) = (grp.start * self.kernel, grp.end * self.kernel);
             for o in 0..self.out {
                 let d = grp.scales[o];
-                let _ = g;
                 for i in s..e {
                     w[o * row + i] = f32::from(self.ints[o * row + i]) * d;
                 }
