@@ -99,6 +99,11 @@ impl<B: AsRef<[u8]>> ModelFile<B> {
         self.bytes.as_ref()
     }
 
+    /// What holds the bytes (a memory map, a buffer).
+    pub fn source(&self) -> &B {
+        &self.bytes
+    }
+
     /// The header.
     pub fn header(&self) -> &Header {
         &self.header

@@ -191,6 +191,11 @@ impl Kernels {
         &self.qgemm
     }
 
+    /// The SIMD tier of quantization, norms, softmax and element-wise ops.
+    pub fn simd_name(&self) -> &'static str {
+        self.tier.simd().name()
+    }
+
     /// The variant each op runs, as `(ops, variant)` pairs.
     pub fn ops(&self) -> [(&'static str, &'static str); 3] {
         [

@@ -5,6 +5,7 @@ mod buffer;
 mod dispatch;
 pub mod gemm;
 pub mod ops;
+pub mod pool;
 pub mod qgemm;
 mod reference;
 mod simd;

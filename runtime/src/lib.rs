@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 mod arena;
+pub mod bench;
 mod error;
 mod model;
 mod plan;
@@ -10,4 +11,4 @@ mod session;
 
 pub use error::{Result, RuntimeError};
 pub use model::{Model, ModelBytes};
-pub use session::{MemoryReport, Session, SessionOptions};
+pub use session::{MemoryReport, Session, SessionOptions, StepInfo};

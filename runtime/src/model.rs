@@ -63,6 +63,26 @@ impl Model {
         Ok(Model { file, sample })
     }
 
+    /// Gives the resident pages of a mapped tensor back to the page cache (`MADV_DONTNEED`):
+    /// for weights that planning has copied into a packed layout, so that the process does not
+    /// hold both. The mapping stays valid: a later read faults the same bytes back in from the
+    /// file. No effect on models held in memory or off Unix.
+    pub(crate) fn release_pages(&self, t: edadm_format::graph::TensorId) {
+        #[cfg(unix)]
+        if let (ModelBytes::Mapped(m), Some(v)) = (self.file.source(), self.file.tensor(t)) {
+            let offset = v.data.as_ptr() as usize - m.as_ptr() as usize;
+            // SAFETY: the map is a read-only mapping of a file that is not written while mapped
+            // (an .edq is replaced atomically, never modified in place); DONTNEED on it only
+            // drops page-table entries, and every later access reads the unchanged file bytes
+            // again, so no reference into it observes a change.
+            let _ = unsafe {
+                m.unchecked_advise_range(edadm_format::memmap2::UncheckedAdvice::DontNeed, offset, v.data.len())
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = t;
+    }
+
     /// The parsed file.
     pub fn file(&self) -> &ModelFile<ModelBytes> {
         &self.file

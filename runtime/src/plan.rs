@@ -42,10 +42,13 @@ pub(crate) type Floats<'m> = Cow<'m, [f32]>;
 /// One executable step. Values are referred to by id; their slots live in [`Plan::slots`].
 #[derive(Debug)]
 pub(crate) enum Step<'m> {
+    /// An f32 convolution, its output channels split into one part per thread (one part for
+    /// grouped convolutions).
     Conv {
         x: u32,
         n: usize,
-        plan: conv::Conv2dPlan,
+        cout: usize,
+        parts: Vec<ConvPart>,
         bias: Option<Floats<'m>>,
     },
     ConvT {
@@ -73,6 +76,18 @@ pub(crate) enum Step<'m> {
         gamma: Option<Floats<'m>>,
         beta: Option<Floats<'m>>,
         act: Activation,
+    },
+    /// A GroupNorm (+ activation) whose only reader is an integer conv: it writes that conv's
+    /// quantized input (u8 in the conv's layout) straight into its output slot.
+    GroupNormQ {
+        x: u32,
+        groups: usize,
+        eps: f32,
+        gamma: Option<Floats<'m>>,
+        beta: Option<Floats<'m>>,
+        act: Activation,
+        q: ActQ,
+        layout: C4,
     },
     LayerNormChw {
         x: u32,
@@ -155,6 +170,8 @@ pub(crate) enum Step<'m> {
     /// quantized into its own buffer in scratch, then one exact u8×i8 convolution.
     QConv {
         x: u32,
+        /// `x` already holds the quantized input (a [`Step::GroupNormQ`] wrote it).
+        pre: bool,
         cin: usize,
         plan: qconv::QConv2dPlan,
         groups: Vec<QGroupStep>,
@@ -173,6 +190,16 @@ pub(crate) enum Step<'m> {
         v: u32,
         a: QAttention,
     },
+}
+
+/// Output channels `r0..r1` of a [`Step::Conv`], with their own packed weights and scratch.
+#[derive(Debug)]
+pub(crate) struct ConvPart {
+    pub(crate) r0: usize,
+    pub(crate) r1: usize,
+    pub(crate) plan: conv::Conv2dPlan,
+    /// Offset of its scratch in the step's scratch.
+    pub(crate) scratch: usize,
 }
 
 /// One input-channel group of a [`Step::QConv`].
@@ -266,6 +293,8 @@ fn act_of(op: &Op) -> Option<Activation> {
 /// Which values must outlive their last use.
 pub(crate) struct PlanRequest<'a> {
     pub(crate) batch: usize,
+    /// Threads of the session's pool (scratch is per thread where a kernel splits work).
+    pub(crate) threads: usize,
     pub(crate) height: usize,
     pub(crate) width: usize,
     pub(crate) keep: &'a [ValueId],
@@ -295,15 +324,22 @@ impl<'m> Plan<'m> {
         for (ni, node) in g.nodes.iter().enumerate() {
             let ins: Vec<&Vec<usize>> = node.inputs.iter().map(|v| &shapes[v.0 as usize]).collect();
             let (step, out_shape, scratch) = match &node.quant {
-                None => build_step(model, k, node, &ins)?,
-                Some(q) => build_quant_step(model, k, node, q, &ins)?,
+                None => build_step(model, k, node, &ins, req.threads)?,
+                Some(q) => build_quant_step(model, k, node, q, &ins, req.threads)?,
             };
             shapes[node.output.0 as usize] = out_shape;
+            // Weights of convolutions and linear layers are packed (or dequantized and packed)
+            // now; the mapped copy is not read again.
+            if let (Some(w), Op::Conv2d(_) | Op::Linear(_) | Op::ConvTranspose2d(_)) = (node.op.weight(), &node.op) {
+                model.release_pages(w);
+            }
             let inputs = node.inputs.iter().map(|v| v.0).collect();
             steps.push(Planned { node: ni, inputs, out: node.output.0, step });
             scratch_len.push(scratch);
         }
         fuse_norm_activation(&mut steps, &mut scratch_len, g, req.keep);
+        let mut slot_len: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
+        fuse_norm_quantize(&mut steps, &mut scratch_len, &mut slot_len, g, req.keep);
         let prepared = steps.iter().map(|p| step_prepared_bytes(&p.step)).sum();
 
         // Liveness: a value lives from the step that defines it (inputs: before step 0) to its
@@ -326,8 +362,7 @@ impl<'m> Plan<'m> {
                 *l = end;
             }
         }
-        let mut items: Vec<(usize, usize, usize)> =
-            (0..nv).map(|v| (shapes[v].iter().product(), first[v], last[v])).collect();
+        let mut items: Vec<(usize, usize, usize)> = (0..nv).map(|v| (slot_len[v], first[v], last[v])).collect();
         items.extend(scratch_len.iter().enumerate().map(|(si, &len)| (len, si, si)));
         let (offsets, arena_len) = assign_offsets(&items);
         let slots = (0..nv).map(|v| Slot { off: offsets[v], len: items[v].0 }).collect();
@@ -344,20 +379,7 @@ fn fuse_norm_activation(
     g: &edadm_format::Graph,
     keep: &[ValueId],
 ) {
-    let mut readers = vec![0usize; g.num_values as usize];
-    for p in steps.iter() {
-        for &v in &p.inputs {
-            readers[v as usize] += 1;
-        }
-    }
-    for o in &g.outputs {
-        readers[o.value.0 as usize] += 1;
-    }
-    for v in keep {
-        if let Some(r) = readers.get_mut(v.0 as usize) {
-            *r += 1;
-        }
-    }
+    let readers = reader_counts(steps, g, keep);
     let mut i = 0;
     while i + 1 < steps.len() {
         let fusable = matches!(steps[i].step, Step::GroupNorm { act: Activation::None, .. })
@@ -375,12 +397,127 @@ fn fuse_norm_activation(
     }
 }
 
+/// Multiply-accumulates of one step (weighted ops and attention products; 0 for the rest).
+pub(crate) fn step_macs(node: &Node, shapes: &[Vec<usize>], inputs: &[u32], out: u32) -> u64 {
+    let numel = |v: u32| shapes[v as usize].iter().product::<usize>() as u64;
+    match &node.op {
+        Op::Conv2d(c) => {
+            numel(out) * u64::from(c.in_channels / c.groups) * u64::from(c.kernel[0]) * u64::from(c.kernel[1])
+        }
+        Op::ConvTranspose2d(c) => {
+            numel(inputs[0]) * u64::from(c.out_channels) * u64::from(c.kernel[0]) * u64::from(c.kernel[1])
+        }
+        Op::Linear(l) => numel(out) * u64::from(l.in_features),
+        Op::Attention(_) => {
+            // Q·Kᵀ and P·V: 2 · N · queries · keys · channels; spatial [N, C, H, W] or tokens
+            // [N, T, D].
+            let (q, k) = (&shapes[inputs[0] as usize], &shapes[inputs[1] as usize]);
+            let (n, qt, kt, c) = match (q.as_slice(), k.as_slice()) {
+                ([n, c, h, w], [_, _, kh, kw]) => (*n, h * w, kh * kw, *c),
+                ([n, t, d], [_, kt, _]) => (*n, *t, *kt, *d),
+                _ => return 0,
+            };
+            2 * (n * qt * kt * c) as u64
+        }
+        _ => 0,
+    }
+}
+
+/// What a step runs on: the microkernel of its GEMM, or the SIMD tier of its element-wise code.
+pub(crate) fn step_variant(s: &Step<'_>, k: &Kernels) -> (&'static str, String) {
+    let simd = k.simd_name();
+    match s {
+        Step::Conv { .. } => ("conv f32", k.sgemm().name.to_string()),
+        Step::ConvT { .. } => ("conv_transpose f32", k.sgemm().name.to_string()),
+        Step::Linear { .. } => ("linear f32", k.sgemm().name.to_string()),
+        Step::GroupNorm { act: Activation::None, .. } => ("group_norm", simd.into()),
+        Step::GroupNorm { .. } => ("group_norm+act", simd.into()),
+        Step::GroupNormQ { .. } => ("group_norm+quantize", simd.into()),
+        Step::LayerNormChw { .. } | Step::LayerNormChannel { .. } => ("layer_norm", simd.into()),
+        Step::Act { .. } => ("activation", simd.into()),
+        Step::Binary { .. } => ("add/mul", simd.into()),
+        Step::Concat { .. } => ("concat", "copy".into()),
+        Step::Pad { .. } => ("pad", "copy".into()),
+        Step::Upsample { .. } => ("upsample", "copy".into()),
+        Step::AvgPool { .. } => ("avg_pool", "scalar".into()),
+        Step::Sinusoid { .. } | Step::Table { .. } => ("timestep embedding", "scalar".into()),
+        Step::Attention { .. } => ("attention f32", format!("{} + {simd} softmax", k.sgemm().name)),
+        Step::QConv { plan, groups, pre, .. } => (
+            "conv u8×i8",
+            format!(
+                "{} ({}{}{})",
+                k.qgemm().name,
+                if *pre { "quantized by the norm, " } else { "" },
+                if plan.is_direct() { "in place" } else { "gathered" },
+                if groups.len() > 1 { format!(", {} input groups", groups.len()) } else { String::new() }
+            ),
+        ),
+        Step::QConvT { .. } => ("conv_transpose u8×i8", k.qgemm().name.to_string()),
+        Step::QAttention { .. } => ("attention u8×i8", format!("{} + {simd} softmax", k.qgemm().name)),
+    }
+}
+
+/// Values read by more than one step, kept, or output: they must stay f32.
+fn reader_counts(steps: &[Planned<'_>], g: &edadm_format::Graph, keep: &[ValueId]) -> Vec<usize> {
+    let mut readers = vec![0usize; g.num_values as usize];
+    for p in steps {
+        for &v in &p.inputs {
+            readers[v as usize] += 1;
+        }
+    }
+    for o in &g.outputs {
+        readers[o.value.0 as usize] += 1;
+    }
+    for v in keep {
+        if let Some(r) = readers.get_mut(v.0 as usize) {
+            *r += 1;
+        }
+    }
+    readers
+}
+
+/// Fuses a GroupNorm (+ activation) with the quantization of the integer conv that is its only
+/// reader (the conv1/conv2 of every residual block): the norm writes u8 in the conv's input
+/// layout, the conv skips its quantization pass, the f32 tensor between them disappears. The
+/// bytes are those of the separate norm and quantization (kernels' tests).
+fn fuse_norm_quantize(
+    steps: &mut [Planned<'_>],
+    scratch: &mut [usize],
+    slot_len: &mut [usize],
+    g: &edadm_format::Graph,
+    keep: &[ValueId],
+) {
+    let readers = reader_counts(steps, g, keep);
+    for i in 0..steps.len() {
+        let out = steps[i].out;
+        if readers[out as usize] != 1 || !matches!(steps[i].step, Step::GroupNorm { .. }) {
+            continue;
+        }
+        let Some(j) = (i + 1..steps.len()).find(|&j| steps[j].inputs.contains(&out)) else { continue };
+        let (q, layout) = match &mut steps[j].step {
+            Step::QConv { x, pre, groups, .. } if *x == out && groups.len() == 1 && !*pre => {
+                *pre = true;
+                (groups[0].q, groups[0].layout)
+            }
+            _ => continue,
+        };
+        let taken = std::mem::replace(&mut steps[i].step, Step::Act { x: 0, act: Activation::None });
+        if let Step::GroupNorm { x, groups, eps, gamma, beta, act, .. } = taken {
+            steps[i].step = Step::GroupNormQ { x, groups, eps, gamma, beta, act, q, layout };
+        }
+        let words = layout.len().div_ceil(4);
+        slot_len[out as usize] = words;
+        scratch[j] -= words;
+    }
+}
+
 fn step_prepared_bytes(s: &Step<'_>) -> usize {
     let opt = |f: &Option<Floats<'_>>| f.as_ref().map_or(0, owned_len);
     match s {
-        Step::Conv { plan, bias, .. } => plan.packed_bytes() + opt(bias),
+        Step::Conv { parts, bias, .. } => parts.iter().map(|p| p.plan.packed_bytes()).sum::<usize>() + opt(bias),
         Step::ConvT { w, bias, .. } | Step::Linear { w, bias, .. } => w.len() * 4 + opt(bias),
         Step::GroupNorm { gamma, beta, .. }
+        | Step::GroupNormQ { gamma, beta, .. }
         | Step::LayerNormChw { gamma, beta, .. }
         | Step::LayerNormChannel { gamma, beta, .. } => opt(gamma) + opt(beta),
         Step::Table { table, .. } => owned_len(table),
@@ -442,11 +579,12 @@ fn build_step<'m>(
     k: &Kernels,
     node: &Node,
     ins: &[&Vec<usize>],
+    threads: usize,
 ) -> Result<(Step<'m>, Vec<usize>, usize)> {
     let v = |i: usize| node.inputs[i].0;
     let opt = |t: Option<TensorId>| t.map(|t| floats(model, t));
     Ok(match &node.op {
-        Op::Conv2d(c) => return build_f32_weighted(model, k, node, ins, &floats(model, c.weight)),
+        Op::Conv2d(c) => return build_f32_weighted(model, k, node, ins, &floats(model, c.weight), threads),
         Op::ConvTranspose2d(c) => {
             let [n, ci, h, w] = rank4(node, ins[0], "ConvTranspose2d input")?;
             check_channels(node, ci, c.in_channels)?;
@@ -466,7 +604,7 @@ fn build_step<'m>(
             let scratch = conv::conv_transpose2d_scratch_len(k, &geom);
             (Step::ConvT { x: v(0), n, geom, w, bias: opt(c.bias) }, vec![n, geom.cout, oh, ow], scratch)
         }
-        Op::Linear(l) => return build_f32_weighted(model, k, node, ins, &floats(model, l.weight)),
+        Op::Linear(l) => return build_f32_weighted(model, k, node, ins, &floats(model, l.weight), threads),
         Op::GroupNorm(gn) => {
             let [n, c, h, w] = rank4(node, ins[0], "GroupNorm input")?;
             check_channels(node, c, gn.channels)?;
@@ -633,7 +771,7 @@ fn build_step<'m>(
                 return Err(shape_err(node, format!("q, k, v shapes differ: {:?} {:?} {:?}", ins[0], ins[1], ins[2])));
             }
             let shape = AttentionShape { n, channels: c, heads: a.heads as usize, tokens: h * w, scale: a.scale };
-            let scratch = shape.scratch_len(k);
+            let scratch = shape.scratch_len_threads(k, threads);
             (Step::Attention { q: v(0), k: v(1), v: v(2), shape }, ins[0].clone(), scratch)
         }
     })
@@ -675,6 +813,7 @@ fn build_quant_step<'m>(
     node: &Node,
     q: &NodeQuant,
     ins: &[&Vec<usize>],
+    threads: usize,
 ) -> Result<(Step<'m>, Vec<usize>, usize)> {
     let v = |i: usize| node.inputs[i].0;
     let opt = |t: Option<TensorId>| t.map(|t| floats(model, t));
@@ -704,7 +843,7 @@ fn build_quant_step<'m>(
                 p: kq(&aq.prob),
                 key_tile: 256,
             };
-            let scratch = qa.scratch_len(k);
+            let scratch = qa.scratch_len_threads(k, threads);
             Ok((Step::QAttention { q: v(0), k: v(1), v: v(2), a: qa }, ins[0].clone(), scratch))
         }
         (NodeQuant::Weight(wq), op) => {
@@ -734,7 +873,7 @@ fn build_quant_step<'m>(
                         }
                     }
                 }
-                return build_f32_weighted(model, k, node, ins, &wf);
+                return build_f32_weighted(model, k, node, ins, &wf, threads);
             }
             if wq.groups.iter().any(|g| g.input.is_some_and(|a| a.bits != 8)) {
                 return Err(unsupported(node, "input quantizers other than 8-bit"));
@@ -756,7 +895,7 @@ fn build_quant_step<'m>(
                         stride: c.stride.map(|x| x as usize),
                         pad: [c.padding.top, c.padding.bottom, c.padding.left, c.padding.right].map(|x| x as usize),
                     };
-                    qconv_step(k, node, v(0), geom, &ints, model, wq, opt(c.bias))
+                    qconv_step(k, node, v(0), geom, &ints, model, wq, opt(c.bias), threads)
                 }
                 Op::Linear(l) => {
                     let s = ins[0];
@@ -776,7 +915,7 @@ fn build_quant_step<'m>(
                         stride: [1, 1],
                         pad: [0; 4],
                     };
-                    let (step, _, scratch) = qconv_step(k, node, v(0), geom, &ints, model, wq, opt(l.bias))?;
+                    let (step, _, scratch) = qconv_step(k, node, v(0), geom, &ints, model, wq, opt(l.bias), threads)?;
                     Ok((step, vec![s[0], l.out_features as usize], scratch))
                 }
                 Op::ConvTranspose2d(c) => {
@@ -822,6 +961,7 @@ fn qconv_step<'m>(
     model: &'m Model,
     wq: &WeightQuant,
     bias: Option<Floats<'m>>,
+    threads: usize,
 ) -> Result<(Step<'m>, Vec<usize>, usize)> {
     let groups = quant_groups(model, wq, geom.cin);
     let splits: Vec<usize> = groups.iter().map(|g| g.0).collect();
@@ -839,8 +979,9 @@ fn qconv_step<'m>(
             QGroupStep { ch0: *s0, q, scale: sc.iter().map(|&d| d * q.delta).collect(), layout }
         })
         .collect();
-    let scratch = plan.scratch_len(k) + steps.iter().map(|g| g.layout.len().div_ceil(4)).sum::<usize>();
-    let step = Step::QConv { x, cin: geom.cin, plan, groups: steps, bias };
+    let scratch =
+        plan.scratch_len_threads(k, threads) + steps.iter().map(|g| g.layout.len().div_ceil(4)).sum::<usize>();
+    let step = Step::QConv { x, pre: false, cin: geom.cin, plan, groups: steps, bias };
     Ok((step, vec![geom.n, geom.cout, oh, ow], scratch))
 }
 
@@ -852,6 +993,7 @@ fn build_f32_weighted<'m>(
     node: &Node,
     ins: &[&Vec<usize>],
     wf: &[f32],
+    threads: usize,
 ) -> Result<(Step<'m>, Vec<usize>, usize)> {
     let v = |i: usize| node.inputs[i].0;
     let opt = |t: Option<TensorId>| t.map(|t| floats(model, t));
@@ -870,12 +1012,24 @@ fn build_f32_weighted<'m>(
                 pad_value: 0.0,
             };
             let (cout, groups) = (c.out_channels as usize, c.groups as usize);
-            let Some(plan) = conv::Conv2dPlan::new(k, geom, groups, cout, wf) else {
-                return Err(shape_err(node, format!("a {:?} kernel does not fit a {h}x{w} input", c.kernel)));
-            };
-            let [oh, ow] = plan.out_hw();
-            let scratch = plan.scratch_len(k);
-            Ok((Step::Conv { x: v(0), n, plan, bias: opt(c.bias) }, vec![n, cout, oh, ow], scratch))
+            // One part per thread, in whole GEMM row panels (one part for grouped convs).
+            let nparts = if groups == 1 { threads.min(cout.div_ceil(k.sgemm().mr)).max(1) } else { 1 };
+            let per_row = wf.len() / cout;
+            let mut parts = Vec::with_capacity(nparts);
+            let mut scratch = 0;
+            for t in 0..nparts {
+                let (r0, r1) = edadm_kernels::pool::split(cout, nparts, t, k.sgemm().mr);
+                let rows = if groups == 1 { r1 - r0 } else { cout };
+                let Some(plan) = conv::Conv2dPlan::new(k, geom, groups, rows, &wf[r0 * per_row..(r0 + rows) * per_row])
+                else {
+                    return Err(shape_err(node, format!("a {:?} kernel does not fit a {h}x{w} input", c.kernel)));
+                };
+                let len = plan.scratch_len(k).next_multiple_of(16);
+                parts.push(ConvPart { r0, r1: r0 + rows, plan, scratch });
+                scratch += len;
+            }
+            let [oh, ow] = parts[0].plan.out_hw();
+            Ok((Step::Conv { x: v(0), n, cout, parts, bias: opt(c.bias) }, vec![n, cout, oh, ow], scratch))
         }
         Op::Linear(l) => {
             let s = ins[0];

@@ -4,9 +4,10 @@
 use edadm_format::graph::{InputKindTag, ValueId};
 use edadm_kernels::gemm::{BSrc, MatMut, MatRef, sgemm};
 use edadm_kernels::ops::act::Activation;
-use edadm_kernels::ops::attention::attention_spatial;
+use edadm_kernels::ops::attention::attention_spatial_par;
 use edadm_kernels::ops::qconv::{self, QInput, QOutput};
 use edadm_kernels::ops::{conv, elementwise as ew, norm, qattention, quant};
+use edadm_kernels::pool::{self, Parallel, Pool, SharedMut};
 use edadm_kernels::{AlignedF32, Kernels, Tier};
 
 use crate::arena::split;
@@ -27,12 +28,15 @@ pub struct SessionOptions {
     pub keep: Vec<ValueId>,
     /// Kernel tier; `None` for `EDADM_KERNELS` or the best this CPU has.
     pub tier: Option<Tier>,
+    /// Threads that run each evaluation (the caller's and `threads − 1` workers of the
+    /// session's pool). Results do not depend on it.
+    pub threads: usize,
 }
 
 impl SessionOptions {
     /// A batch at the model's native size, best kernels.
     pub fn batch(batch: usize) -> Self {
-        SessionOptions { batch, height: None, width: None, keep: Vec::new(), tier: None }
+        SessionOptions { batch, height: None, width: None, keep: Vec::new(), tier: None, threads: 1 }
     }
 }
 
@@ -47,11 +51,25 @@ pub struct MemoryReport {
     pub file_bytes: usize,
 }
 
+/// What one step of a session's plan runs (for profiles and reports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepInfo {
+    /// The graph node (the first of a fused pair).
+    pub node: String,
+    /// What the step computes, e.g. `conv u8×i8`, `group_norm+act`.
+    pub op: &'static str,
+    /// The kernel variant it runs on, e.g. `avx512vnni_qgemm_8x48 (in place)`.
+    pub variant: String,
+    /// Multiply-accumulates per evaluation (0 for ops without products).
+    pub macs: u64,
+}
+
 /// A planned model, ready to evaluate.
 #[derive(Debug)]
 pub struct Session<'m> {
     model: &'m Model,
     kernels: Kernels,
+    pool: Pool,
     plan: Plan<'m>,
     arena: AlignedF32,
     batch: usize,
@@ -72,7 +90,10 @@ impl<'m> Session<'m> {
         };
         let [_, nh, nw] = model.sample_shape();
         let (height, width) = (opts.height.unwrap_or(nh), opts.width.unwrap_or(nw));
-        let req = PlanRequest { batch: opts.batch, height, width, keep: &opts.keep };
+        if opts.threads == 0 {
+            return Err(RuntimeError::Session("threads must be at least 1".into()));
+        }
+        let req = PlanRequest { batch: opts.batch, threads: opts.threads, height, width, keep: &opts.keep };
         let plan = Plan::build(model, &kernels, &req)?;
         let g = model.graph();
         let slot = |k| g.input(k).map(|i| plan.slots[i.value.0 as usize]);
@@ -80,7 +101,9 @@ impl<'m> Session<'m> {
         let t = slot(InputKindTag::Timestep);
         let out = plan.slots[model.output().value.0 as usize];
         let arena = AlignedF32::zeros(plan.arena_len);
-        Ok(Session { model, kernels, plan, arena, batch: opts.batch, height, width, x, t, out })
+        let pool = Pool::new(opts.threads)
+            .map_err(|e| RuntimeError::Session(format!("cannot start {} worker threads: {e}", opts.threads - 1)))?;
+        Ok(Session { model, kernels, pool, plan, arena, batch: opts.batch, height, width, x, t, out })
     }
 
     /// The model.
@@ -103,6 +126,11 @@ impl<'m> Session<'m> {
         self.x.len
     }
 
+    /// Threads each evaluation runs on.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
     /// The kernels in use.
     pub fn kernels(&self) -> &Kernels {
         &self.kernels
@@ -115,6 +143,26 @@ impl<'m> Session<'m> {
             prepared_bytes: self.plan.prepared_bytes,
             file_bytes: self.model.file().bytes().len(),
         }
+    }
+
+    /// The steps of one evaluation, in execution order.
+    pub fn steps(&self) -> Vec<StepInfo> {
+        let g = self.model.graph();
+        self.plan
+            .steps
+            .iter()
+            .map(|p| {
+                let node = &g.nodes[p.node];
+                let (op, variant) = crate::plan::step_variant(&p.step, &self.kernels);
+                let macs = crate::plan::step_macs(node, &self.plan.shapes, &p.inputs, node.output.0);
+                StepInfo { node: node.name.clone(), op, variant, macs }
+            })
+            .collect()
+    }
+
+    /// Number of steps of one evaluation (the length [`Session::run_profiled`] fills).
+    pub fn num_steps(&self) -> usize {
+        self.plan.steps.len()
     }
 
     /// Shape of a value for this session.
@@ -136,6 +184,33 @@ impl<'m> Session<'m> {
 
     /// One network evaluation: `x` is `[N, C, H, W]`, `t` is `[N]`. Returns the output.
     pub fn run(&mut self, x: &[f32], t: &[f32]) -> Result<&[f32]> {
+        self.load(x, t)?;
+        for si in 0..self.plan.steps.len() {
+            self.exec(si)?;
+        }
+        Ok(self.output())
+    }
+
+    /// [`Session::run`], adding each step's wall time in nanoseconds to `nanos` (one entry per
+    /// step, [`Session::num_steps`] long).
+    pub fn run_profiled(&mut self, x: &[f32], t: &[f32], nanos: &mut [u64]) -> Result<&[f32]> {
+        if nanos.len() != self.plan.steps.len() {
+            return Err(RuntimeError::Input(format!(
+                "{} step timers for {} steps",
+                nanos.len(),
+                self.plan.steps.len()
+            )));
+        }
+        self.load(x, t)?;
+        for (si, slot) in nanos.iter_mut().enumerate() {
+            let t0 = std::time::Instant::now();
+            self.exec(si)?;
+            *slot += t0.elapsed().as_nanos() as u64;
+        }
+        Ok(self.output())
+    }
+
+    fn load(&mut self, x: &[f32], t: &[f32]) -> Result<()> {
         if x.len() != self.x.len {
             return Err(RuntimeError::Input(format!("x has {} floats, the session expects {}", x.len(), self.x.len)));
         }
@@ -150,10 +225,7 @@ impl<'m> Session<'m> {
             None if !t.is_empty() => return Err(RuntimeError::Input("this model takes no timestep".into())),
             None => {}
         }
-        for si in 0..self.plan.steps.len() {
-            self.exec(si)?;
-        }
-        Ok(self.output())
+        Ok(())
     }
 
     fn exec(&mut self, si: usize) -> Result<()> {
@@ -162,9 +234,28 @@ impl<'m> Session<'m> {
         let slots = &self.plan.slots;
         let s = |v: u32| slots[v as usize];
         let k = &self.kernels;
+        let pool = &self.pool;
         let (r, y, scratch) = split(&mut self.arena, s(planned.out), self.plan.scratch[si]);
         match &planned.step {
-            Step::Conv { x, n, plan, bias } => conv::conv2d(k, plan, r.get(s(*x)), *n, bias.as_deref(), y, scratch),
+            Step::Conv { x, n, cout, parts, bias } => {
+                let (xs, n, cout) = (r.get(s(*x)), *n, *cout);
+                let (in_img, ohw) = (xs.len() / n, y.len() / (n * cout));
+                let (ys, ss) = (SharedMut::new(y), SharedMut::new(scratch));
+                let threads = pool.threads();
+                pool.run(&|t| {
+                    let (p0, p1) = pool::split(parts.len(), threads, t, 1);
+                    for p in &parts[p0..p1] {
+                        // SAFETY: parts have disjoint scratch and output-channel ranges.
+                        let sc = unsafe { ss.part(p.scratch, p.scratch + p.plan.scratch_len(k)) };
+                        let b = bias.as_deref().map(|b| &b[p.r0..p.r1]);
+                        for img in 0..n {
+                            // SAFETY: as above (rows r0..r1 of image img).
+                            let yi = unsafe { ys.part((img * cout + p.r0) * ohw, (img * cout + p.r1) * ohw) };
+                            conv::conv2d(k, &p.plan, &xs[img * in_img..(img + 1) * in_img], 1, b, yi, sc);
+                        }
+                    }
+                });
+            }
             Step::ConvT { x, n, geom, w, bias, .. } => {
                 conv::conv_transpose2d(k, r.get(s(*x)), *n, geom, w, bias.as_deref(), y, scratch)
             }
@@ -181,7 +272,7 @@ impl<'m> Session<'m> {
                     scratch,
                 )
             }
-            Step::GroupNorm { x, n, c, hw, groups, eps, gamma, beta, act, .. } => norm::group_norm(
+            Step::GroupNorm { x, n, c, hw, groups, eps, gamma, beta, act, .. } => norm::group_norm_par(
                 k,
                 r.get(s(*x)),
                 *n,
@@ -193,7 +284,24 @@ impl<'m> Session<'m> {
                 beta.as_deref(),
                 *act,
                 y,
+                pool,
             ),
+            Step::GroupNormQ { x, groups, eps, gamma, beta, act, q, layout } => {
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(y);
+                quant::group_norm_quantize_c4_par(
+                    k,
+                    r.get(s(*x)),
+                    *groups,
+                    *eps,
+                    gamma.as_deref(),
+                    beta.as_deref(),
+                    *act,
+                    *q,
+                    layout,
+                    &mut bytes[..layout.len()],
+                    pool,
+                )
+            }
             Step::LayerNormChw { x, n, len, eps, gamma, beta, .. } => norm::layer_norm_chw(
                 k,
                 r.get(s(*x)),
@@ -220,7 +328,7 @@ impl<'m> Session<'m> {
             }
             Step::Act { x, act, .. } => edadm_kernels::ops::act::apply_to(k, *act, r.get(s(*x)), y),
             Step::Binary { op, a, b, n, c, inner, .. } => {
-                ew::binary(k, *op, r.get(s(*a)), r.get(s(*b)), *n, *c, *inner, y)
+                ew::binary_par(k, *op, r.get(s(*a)), r.get(s(*b)), *n, *c, *inner, y, pool)
             }
             Step::Concat { parts, total, outer, .. } => {
                 for &(v, inner, off) in parts {
@@ -248,9 +356,15 @@ impl<'m> Session<'m> {
                 }
             }
             Step::Attention { q, k: kk, v, shape, .. } => {
-                attention_spatial(k, shape, r.get(s(*q)), r.get(s(*kk)), r.get(s(*v)), y, scratch)
+                attention_spatial_par(k, shape, r.get(s(*q)), r.get(s(*kk)), r.get(s(*v)), y, scratch, pool)
             }
-            Step::QConv { x, cin, plan, groups, bias } => {
+            Step::QConv { x, pre: true, plan, groups, bias, .. } => {
+                let g = &groups[0];
+                let bytes: &[u8] = bytemuck::cast_slice(r.get(s(*x)));
+                let qin = [QInput { data: &bytes[..g.layout.len()], zero_point: g.q.zero_point, scale: &g.scale }];
+                qconv::qconv2d_par(k, plan, &qin, bias.as_deref(), QOutput::F32(y), scratch, pool)
+            }
+            Step::QConv { x, cin, plan, groups, bias, .. } => {
                 let xs = r.get(s(*x));
                 let bytes: usize = groups.iter().map(|g| g.layout.len().div_ceil(4)).sum();
                 let (qbuf, scratch) = scratch.split_at_mut(bytes);
@@ -261,21 +375,21 @@ impl<'m> Session<'m> {
                     let (mine, rest) = std::mem::take(&mut qbytes).split_at_mut(g.layout.len().div_ceil(4) * 4);
                     qbytes = rest;
                     let mine = &mut mine[..g.layout.len()];
-                    quant::quantize_c4(k, xs, *cin, g.ch0, Activation::None, g.q, &g.layout, mine);
+                    quant::quantize_c4_par(k, xs, *cin, g.ch0, Activation::None, g.q, &g.layout, mine, pool);
                     qin[gi] = QInput { data: mine, zero_point: g.q.zero_point, scale: &g.scale };
                 }
-                qconv::qconv2d(k, plan, &qin[..groups.len()], bias.as_deref(), QOutput::F32(y), scratch)
+                qconv::qconv2d_par(k, plan, &qin[..groups.len()], bias.as_deref(), QOutput::F32(y), scratch, pool)
             }
             Step::QConvT { x, plan, q, scale, bias } => {
                 let layout = *plan.input_layout();
                 let (qbuf, scratch) = scratch.split_at_mut(layout.len().div_ceil(4));
                 let qbytes: &mut [u8] = &mut bytemuck::cast_slice_mut(qbuf)[..layout.len()];
-                quant::quantize_c4(k, r.get(s(*x)), layout.c, 0, Activation::None, *q, &layout, qbytes);
+                quant::quantize_c4_par(k, r.get(s(*x)), layout.c, 0, Activation::None, *q, &layout, qbytes, pool);
                 let input = QInput { data: qbytes, zero_point: q.zero_point, scale };
                 qconv::qconv_transpose2d(k, plan, input, bias.as_deref(), QOutput::F32(y), scratch)
             }
             Step::QAttention { q, k: kk, v, a } => {
-                qattention::qattention(k, a, r.get(s(*q)), r.get(s(*kk)), r.get(s(*v)), y, scratch)
+                qattention::qattention_par(k, a, r.get(s(*q)), r.get(s(*kk)), r.get(s(*v)), y, scratch, pool)
             }
         }
         Ok(())

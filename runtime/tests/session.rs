@@ -53,6 +53,32 @@ fn tiers_agree(file: &str) {
 }
 
 #[test]
+fn every_thread_count_computes_the_same_bits() {
+    for file in ["tiny-fp32.edq", "tiny-w4a8.edq"] {
+        let model = Model::open(golden(file)).unwrap();
+        for batch in [1, 3] {
+            let (x, t) = inputs(batch);
+            let mut one = Session::new(&model, &SessionOptions::batch(batch)).unwrap();
+            let want = one.run(&x, &t).unwrap().to_vec();
+            for threads in [2, 3, 5] {
+                let opts = SessionOptions { threads, ..SessionOptions::batch(batch) };
+                let mut s = Session::new(&model, &opts).unwrap();
+                assert_eq!(s.threads(), threads);
+                for _ in 0..2 {
+                    let got = s.run(&x, &t).unwrap();
+                    assert!(
+                        got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{file}, batch {batch}: {threads} threads differ from one"
+                    );
+                }
+            }
+        }
+        let e = Session::new(&model, &SessionOptions { threads: 0, ..SessionOptions::batch(1) }).unwrap_err();
+        assert!(e.to_string().contains("threads"), "{e}");
+    }
+}
+
+#[test]
 fn batches_are_independent() {
     let model = Model::open(golden("tiny-fp32.edq")).unwrap();
     let (x, t) = inputs(3);

@@ -1,24 +1,25 @@
-//! A sampling run performs no heap allocation: a counting global allocator around every
-//! sampler on a model that uses every op (the format crate's golden `tiny-fp32.edq`).
+//! A sampling run performs no heap allocation, on any thread: a counting global allocator
+//! around every sampler, on one and two threads, on a model that uses every f32 op (the format
+//! crate's golden `tiny-fp32.edq`) and on a quantized one (`tiny-w4a8.edq`: integer convs,
+//! linear, attention).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use edadm_runtime::sampler::{Sampler, SamplerConfig, SamplerKind, Skip, noise};
 use edadm_runtime::{Model, Session, SessionOptions};
 
-thread_local! {
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
+/// Allocations by every thread of the process (the session's pool workers included).
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
 struct Counting;
 
 fn count() {
-    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+    ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
 }
 
-// SAFETY: every call is forwarded to the system allocator unchanged; counting touches only a
-// const-initialised thread-local cell, which never allocates.
+// SAFETY: every call is forwarded to the system allocator unchanged; counting touches only an
+// atomic counter, which never allocates.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count();
@@ -45,21 +46,32 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn allocations_during(f: impl FnOnce()) -> usize {
-    let before = ALLOCATIONS.with(Cell::get);
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
     f();
-    ALLOCATIONS.with(Cell::get) - before
+    ALLOCATIONS.load(Ordering::SeqCst) - before
 }
 
-fn golden_model() -> Model {
-    Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/../formats/tests/golden/tiny-fp32.edq")).unwrap()
+fn golden_model(name: &str) -> Model {
+    Model::open(format!("{}/../formats/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
+/// One test in this binary: the counter is process-wide, and the test harness allocates on its
+/// own thread whenever another test finishes.
 #[test]
 fn a_sampling_run_allocates_nothing() {
-    let model = golden_model();
+    the_counter_counts();
+    for name in ["tiny-fp32.edq", "tiny-w4a8.edq"] {
+        for threads in [1, 2] {
+            sampling_allocates_nothing(&golden_model(name), threads);
+        }
+    }
+}
+
+fn sampling_allocates_nothing(model: &Model, threads: usize) {
     let schedule = model.schedule().unwrap();
     for batch in [1, 3] {
-        let mut session = Session::new(&model, &SessionOptions::batch(batch)).unwrap();
+        let opts = SessionOptions { threads, ..SessionOptions::batch(batch) };
+        let mut session = Session::new(model, &opts).unwrap();
         let len = session.sample_len();
         for (kind, eta, skip) in [
             (SamplerKind::Ddim, 0.0, Skip::Quad),
@@ -76,7 +88,10 @@ fn a_sampling_run_allocates_nothing() {
             let n = allocations_during(|| {
                 sampler.run(&mut session, &mut x, &mut |_, _| steps += 1).unwrap();
             });
-            assert_eq!(n, 0, "{kind:?} (eta {eta}, batch {batch}) allocated {n} times in {steps} steps");
+            assert_eq!(
+                n, 0,
+                "{kind:?} (eta {eta}, batch {batch}, {threads} threads) allocated {n} times in {steps} steps"
+            );
             assert_eq!(steps, sampler.num_steps());
         }
         // One bare evaluation, too.
@@ -89,11 +104,17 @@ fn a_sampling_run_allocates_nothing() {
     }
 }
 
-#[test]
 fn the_counter_counts() {
     let n = allocations_during(|| {
         let v: Vec<u8> = Vec::with_capacity(10);
         std::hint::black_box(v);
     });
     assert_eq!(n, 1);
+    // On another thread, too.
+    let n = allocations_during(|| {
+        std::thread::scope(|s| {
+            s.spawn(|| std::hint::black_box(Vec::<u8>::with_capacity(10)));
+        });
+    });
+    assert!(n >= 1);
 }

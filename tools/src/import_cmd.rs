@@ -15,7 +15,12 @@ pub struct ImportArgs {
     #[arg(long, value_parser = ["ddpm", "diffusers", "mnist-unet"])]
     family: String,
     /// The checkpoint (.ckpt, .pth, .pt, .bin, .safetensors) or, for diffusers, the model folder.
-    checkpoint: PathBuf,
+    #[arg(required_unless_present = "random_weights")]
+    checkpoint: Option<PathBuf>,
+    /// Instead of a checkpoint: the architecture (from --preset/--config) with random weights
+    /// drawn from this seed — a model of the right shapes for `edadm bench`, not for sampling.
+    #[arg(long, value_name = "SEED", conflicts_with = "checkpoint")]
+    random_weights: Option<u64>,
     /// ddpm: a ddim-repository config (JSON or YAML); diffusers: a scheduler_config.json.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -35,10 +40,20 @@ pub struct ImportArgs {
 
 pub fn run(a: ImportArgs) -> Result<()> {
     let family = Family::from_name(&a.family).expect("clap checked the family");
-    let opts = ImportOptions { config: a.config, preset: a.preset, key: a.key, f16: a.dtype == "f16" };
+    let opts = ImportOptions {
+        config: a.config,
+        preset: a.preset,
+        key: a.key,
+        f16: a.dtype == "f16",
+        random: a.random_weights,
+    };
     let started = std::time::Instant::now();
-    let imported =
-        import(family, &a.checkpoint, &opts).with_context(|| format!("cannot import {}", a.checkpoint.display()))?;
+    let ckpt = a.checkpoint.unwrap_or_default();
+    let what = match a.random_weights {
+        Some(seed) => format!("random weights (seed {seed})"),
+        None => ckpt.display().to_string(),
+    };
+    let imported = import(family, &ckpt, &opts).with_context(|| format!("cannot import {what}"))?;
     for note in &imported.notes {
         eprintln!("note: {note}");
     }

@@ -1,6 +1,7 @@
 //! `edadm`: the command line of the edadm toolkit.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod calibrate;
 mod import_cmd;
 mod inspect;
@@ -31,6 +32,8 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Generate samples with a model and write them as a PNG grid.
     Sample(sample::SampleArgs),
+    /// Measure a model: latency per evaluation, step and image, peak memory, kernels per op.
+    Bench(bench::BenchArgs),
     /// Show what an .edq file holds: header, metadata, graph, tensors, size by dtype.
     /// Verifies every checksum; a damaged file exits with status 2.
     Inspect {
@@ -71,6 +74,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Calibrate(a) => Ok(calibrate::run(a)?),
         Command::Sample(a) => Ok(sample::run(a)?),
         Command::Quantize(a) => Ok(quantize::run(a)?),
+        Command::Bench(a) => Ok(bench::run(a)?),
         Command::Inspect { file, json, full } => {
             let model = MappedModel::open(&file).map_err(|e| file_failure(&file, e))?;
             model.verify().map_err(|e| file_failure(&file, e))?;

@@ -36,6 +36,9 @@ pub struct SampleArgs {
     /// Images per network evaluation (default: all, at most 16).
     #[arg(long)]
     batch: Option<usize>,
+    /// Threads per evaluation (the caller and N − 1 workers; results do not depend on it).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// DDPM: clip the x₀ estimate to the data range.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     clip_x0: bool,
@@ -77,7 +80,10 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let mut session = Session::new(&model, &SessionOptions::batch(batch))
+    if a.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let mut session = Session::new(&model, &SessionOptions { threads: a.threads, ..SessionOptions::batch(batch) })
         .with_context(|| format!("cannot run {}", a.model.display()))?;
     let kind = SamplerKind::from_name(&a.sampler).expect("clap checked the sampler");
     let cfg = SamplerConfig {

@@ -105,6 +105,56 @@ fn sample_writes_a_grid_and_a_npy_array() {
 }
 
 #[test]
+fn bench_reports_latency_memory_and_kernels() {
+    let m = golden("tiny-w4a8.edq");
+    let out =
+        edadm(&["bench", &m, "--batch", "2", "--runs", "3", "--steps", "2", "--threads", "2", "--json", "--profile"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["quantized"], true);
+    assert_eq!(v["threads"], 2);
+    let e = &v["eval_ms"];
+    assert!(e["min"].as_f64().unwrap() <= e["median"].as_f64().unwrap());
+    assert!(e["median"].as_f64().unwrap() <= e["max"].as_f64().unwrap());
+    assert!(v["sampling"]["ms_per_step"].as_f64().unwrap() > 0.0);
+    let mem = &v["memory"];
+    assert_eq!(mem["file_bytes"].as_u64().unwrap(), std::fs::metadata(&m).unwrap().len());
+    assert!(mem["peak_rss_bytes"].as_u64().unwrap() > mem["arena_bytes"].as_u64().unwrap());
+    let variants = v["variants"].as_array().unwrap();
+    assert!(variants.iter().any(|x| x["op"] == "conv u8×i8"), "{variants:?}");
+    let profile = v["profile"].as_array().unwrap();
+    assert!(profile.iter().any(|x| x["op"] == "attention u8×i8" && x["macs"].as_u64().unwrap() > 0));
+    // Text output, and sampling on two threads gives the same image as on one.
+    let text = edadm(&["bench", &m, "--runs", "2", "--steps", "0"]);
+    let t = String::from_utf8_lossy(&text.stdout);
+    assert!(t.contains("evaluation: median") && t.contains("peak RSS") && t.contains("kernels per op"), "{t}");
+    let d = scratch("bench");
+    let (a, b) = (d.join("a.npy"), d.join("b.npy"));
+    for (threads, raw) in [("1", &a), ("2", &b)] {
+        let o = d.join("g.png");
+        let r = edadm(&[
+            "sample",
+            &m,
+            "-n",
+            "3",
+            "--steps",
+            "4",
+            "--threads",
+            threads,
+            "-o",
+            o.to_str().unwrap(),
+            "--raw",
+            raw.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_one_line_error(&edadm(&["bench", "/nonexistent.edq"]), 1, "/nonexistent.edq");
+    assert_one_line_error(&edadm(&["bench", &m, "--threads", "0"]), 1, "--threads");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
 fn sample_errors_are_one_line() {
     let d = scratch("sample-errors");
     let o = d.join("g.png");

@@ -53,6 +53,48 @@ fn softmax_rows_generic(s: &mut [f32], cols: usize, scale: f32) {
     }
 }
 
+impl AttentionShape {
+    /// Scratch floats [`attention_spatial_par`] needs on `threads` threads.
+    pub fn scratch_len_threads(&self, k: &Kernels, threads: usize) -> usize {
+        self.scratch_len(k).next_multiple_of(16) * threads.max(1)
+    }
+}
+
+/// [`attention_spatial`] on the threads of `par`, split by (image, head) pairs (one thread
+/// when there is a single pair); the same results for any thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_spatial_par(
+    k: &Kernels,
+    s: &AttentionShape,
+    q: &[f32],
+    kk: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+    par: &dyn crate::pool::Parallel,
+) {
+    let (d, l) = (s.d(), s.tokens);
+    let len = s.n * s.channels * l;
+    assert!(q.len() == len && kk.len() == len && v.len() == len && out.len() == len, "attention shapes");
+    let threads = par.threads();
+    let per = s.scratch_len(k).next_multiple_of(16);
+    assert!(scratch.len() >= per * threads, "attention scratch too short");
+    let pairs = s.n * s.heads;
+    let (os, ss) = (crate::pool::SharedMut::new(out), crate::pool::SharedMut::new(scratch));
+    par.run(&|t| {
+        let (p0, p1) = crate::pool::split(pairs, threads, t, 1);
+        if p0 == p1 {
+            return;
+        }
+        // Pairs p0..p1 are consecutive [d, l] blocks: images of one head each.
+        let sub = AttentionShape { n: p1 - p0, channels: d, heads: 1, ..*s };
+        let (a, b) = (p0 * d * l, p1 * d * l);
+        // SAFETY: pair ranges and scratch parts are disjoint between threads.
+        let (o, sc) = unsafe { (os.part(a, b), ss.part(t * per, (t + 1) * per)) };
+        attention_spatial(k, &sub, &q[a..b], &kk[a..b], &v[a..b], o, sc);
+    });
+}
+
 /// `out = v · softmax(scale · qᵀk)ᵀ` per image and head (softmax over keys).
 pub fn attention_spatial(
     k: &Kernels,

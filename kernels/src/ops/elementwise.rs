@@ -16,6 +16,36 @@ crate::simd::multiversion! {
     pub fn binary(op: Binary, a: &[f32], b: &[f32], n: usize, c: usize, inner: usize, y: &mut [f32]) => binary_generic
 }
 
+/// [`binary`] on the threads of `par`, split by `[n, c]` rows.
+#[allow(clippy::too_many_arguments)]
+pub fn binary_par(
+    k: &crate::Kernels,
+    op: Binary,
+    a: &[f32],
+    b: &[f32],
+    n: usize,
+    c: usize,
+    inner: usize,
+    y: &mut [f32],
+    par: &dyn crate::pool::Parallel,
+) {
+    assert!(a.len() == n * c * inner && y.len() == a.len(), "binary op shapes");
+    let full = b.len() == a.len();
+    assert!(full || b.len() == n * c, "broadcast operand must be [N, C]");
+    let threads = par.threads();
+    let ys = crate::pool::SharedMut::new(y);
+    par.run(&|t| {
+        let (r0, r1) = crate::pool::split(n * c, threads, t, 1);
+        if r0 == r1 {
+            return;
+        }
+        let bs = if full { &b[r0 * inner..r1 * inner] } else { &b[r0..r1] };
+        // SAFETY: row ranges are disjoint between threads.
+        let dst = unsafe { ys.part(r0 * inner, r1 * inner) };
+        binary(k, op, &a[r0 * inner..r1 * inner], bs, 1, r1 - r0, inner, dst);
+    });
+}
+
 #[inline(always)]
 fn binary_generic(op: Binary, a: &[f32], b: &[f32], n: usize, c: usize, inner: usize, y: &mut [f32]) {
     assert!(a.len() == n * c * inner && y.len() == a.len(), "binary op shapes");

@@ -76,6 +76,47 @@ crate::simd::multiversion! {
     ) => layer_norm_chw_generic
 }
 
+/// [`group_norm`] on the threads of `par`, split by (image, group) pairs; the same results for
+/// any thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_par(
+    k: &crate::Kernels,
+    x: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    groups: usize,
+    eps: f32,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+    par: &dyn crate::pool::Parallel,
+) {
+    assert!(
+        groups > 0 && c.is_multiple_of(groups) && x.len() >= n * c * hw && y.len() >= n * c * hw,
+        "group_norm shapes"
+    );
+    let (cg, threads) = (c / groups, par.threads());
+    let pair = cg * hw;
+    let ys = crate::pool::SharedMut::new(y);
+    par.run(&|t| {
+        let (p0, p1) = crate::pool::split(n * groups, threads, t, 1);
+        let mut p = p0;
+        while p < p1 {
+            // The pairs of one image in this range: groups g0..g1.
+            let g0 = p % groups;
+            let g1 = (g0 + p1 - p).min(groups);
+            let (a, b) = (p * pair, (p + g1 - g0) * pair);
+            // SAFETY: pair ranges are disjoint between threads.
+            let dst = unsafe { ys.part(a, b) };
+            let (ga, be) = (gamma.map(|v| &v[g0 * cg..g1 * cg]), beta.map(|v| &v[g0 * cg..g1 * cg]));
+            group_norm(k, &x[a..b], 1, (g1 - g0) * cg, hw, g1 - g0, eps, ga, be, act, dst);
+            p += g1 - g0;
+        }
+    });
+}
+
 #[inline(always)]
 fn group_norm_generic(
     x: &[f32],

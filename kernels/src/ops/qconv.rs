@@ -10,6 +10,7 @@
 
 use crate::Kernels;
 use crate::gemm::MatMut;
+use crate::pool::{Parallel, Serial, SharedMut, split};
 use crate::qgemm::{PackedQ, QEpilogue, qgemm, qgemm_scratch_len};
 
 use super::act::Activation;
@@ -165,6 +166,11 @@ impl QConv2dPlan {
         [self.oh, self.ow]
     }
 
+    /// Whether the k-groups are read in place (stride 1) rather than gathered into scratch.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
     /// Bytes of packed weights.
     pub fn packed_bytes(&self) -> usize {
         self.groups.iter().map(|g| g.packed.packed_bytes()).sum()
@@ -172,15 +178,28 @@ impl QConv2dPlan {
 
     /// Scratch floats [`qconv2d`] needs.
     pub fn scratch_len(&self, k: &Kernels) -> usize {
+        self.scratch_len_threads(k, 1)
+    }
+
+    /// Scratch floats [`qconv2d_par`] needs on `threads` threads.
+    pub fn scratch_len_threads(&self, k: &Kernels, threads: usize) -> usize {
         let kg = self.groups.iter().map(|g| g.offs.len()).max().unwrap_or(0);
         let gather = if self.direct { 0 } else { kg * self.n_cols };
-        qgemm_scratch_len(k.qgemm(), kg) + self.geom.cout * self.n_cols + gather
+        qgemm_scratch_len(k.qgemm(), kg).next_multiple_of(16) * threads.max(1) + self.geom.cout * self.n_cols + gather
     }
 }
 
-/// Copies k-group `(channel group, i, j)` of every output position `(b, oy, ox)` — the word at
-/// padded `(oy·s + i, ox·s + j)` — into `out[kg][position]` (4 bytes each).
-fn gather_kgroups(l: &C4, data: &[u8], [kh, kw]: [usize; 2], stride: [usize; 2], [oh, ow]: [usize; 2], out: &mut [u8]) {
+/// Copies k-groups `kk0..` (`(channel group, i, j)`) of every output position `(b, oy, ox)` —
+/// the word at padded `(oy·s + i, ox·s + j)` — into `out[kg − kk0][position]` (4 bytes each).
+fn gather_kgroups(
+    l: &C4,
+    data: &[u8],
+    [kh, kw]: [usize; 2],
+    stride: [usize; 2],
+    [oh, ow]: [usize; 2],
+    kk0: usize,
+    out: &mut [u8],
+) {
     // Whole 4-byte words: as u32 when both buffers are aligned (arena buffers are), else bytes.
     let words: Option<(&[u32], &mut [u32])> =
         match (bytemuck::try_cast_slice(data), bytemuck::try_cast_slice_mut(&mut *out)) {
@@ -191,6 +210,7 @@ fn gather_kgroups(l: &C4, data: &[u8], [kh, kw]: [usize; 2], stride: [usize; 2],
     match words {
         Some((d, o)) => {
             for (kk, dst) in o.chunks_exact_mut(cols).enumerate() {
+                let kk = kk + kk0;
                 let (cg, r) = (kk / (kh * kw), kk % (kh * kw));
                 let (i, j) = (r / kw, r % kw);
                 let mut p = 0;
@@ -207,6 +227,7 @@ fn gather_kgroups(l: &C4, data: &[u8], [kh, kw]: [usize; 2], stride: [usize; 2],
         }
         None => {
             for (kk, dst) in out.chunks_exact_mut(cols * 4).enumerate() {
+                let kk = kk + kk0;
                 let (cg, r) = (kk / (kh * kw), kk % (kh * kw));
                 let (i, j) = (r / kw, r % kw);
                 let mut p = 0;
@@ -246,54 +267,113 @@ pub fn qconv2d(
     out: QOutput<'_>,
     scratch: &mut [f32],
 ) {
+    qconv2d_par(k, plan, inputs, bias, out, scratch, &Serial);
+}
+
+/// [`qconv2d`] on the threads of `par` (scratch: [`QConv2dPlan::scratch_len_threads`]): each
+/// thread computes a contiguous range of output-channel panels over all positions (gathered
+/// k-groups, when the convolution needs them, are split by k-group first). Every output is the
+/// same i32 sum and epilogue whatever the split, so results are bit-identical for any thread
+/// count.
+pub fn qconv2d_par(
+    k: &Kernels,
+    plan: &QConv2dPlan,
+    inputs: &[QInput<'_>],
+    bias: Option<&[f32]>,
+    out: QOutput<'_>,
+    scratch: &mut [f32],
+    par: &dyn Parallel,
+) {
     let QConvGeom { n, cout, kernel: [kh, kw], stride, .. } = plan.geom;
     let (oh, ow, cols) = (plan.oh, plan.ow, plan.n_cols);
     assert_eq!(inputs.len(), plan.groups.len(), "one input per channel group");
     out.check(n, cout, oh, ow);
-    assert!(scratch.len() >= plan.scratch_len(k), "qconv2d scratch too short");
+    let threads = par.threads();
+    assert!(scratch.len() >= plan.scratch_len_threads(k, threads), "qconv2d scratch too short");
+    let kern = k.qgemm();
     let kg_max = plan.groups.iter().map(|g| g.offs.len()).max().unwrap_or(0);
-    let (gemm_scratch, rest) = scratch.split_at_mut(qgemm_scratch_len(k.qgemm(), kg_max));
+    let per = qgemm_scratch_len(kern, kg_max).next_multiple_of(16);
+    let (gemm_scratch, rest) = scratch.split_at_mut(per * threads);
     let (flat, gather) = rest.split_at_mut(cout * cols);
     let gather: &mut [u8] = bytemuck::cast_slice_mut(gather);
     for (gi, (g, inp)) in plan.groups.iter().zip(inputs).enumerate() {
         assert_eq!(inp.data.len(), g.layout.len(), "input group {gi} has the wrong layout");
         assert!(inp.scale.len() >= cout, "scale per output channel");
-        let src: &[u8] = if plan.direct {
-            inp.data
-        } else {
-            gather_kgroups(&g.layout, inp.data, [kh, kw], stride, [oh, ow], &mut gather[..g.offs.len() * cols * 4]);
-            gather
-        };
+    }
+    let panels = cout.div_ceil(kern.mr);
+    let gs = SharedMut::new(gemm_scratch);
+    let fs = SharedMut::new(flat);
+    // Rows (output channels) of thread t.
+    let rows = |t: usize| {
+        let (p0, p1) = split(panels, threads, t, 1);
+        (p0, p1, (p0 * kern.mr).min(cout), (p1 * kern.mr).min(cout))
+    };
+    // Group gi's product for the rows of thread t, reading its k-groups from `src`.
+    let gemm = |t: usize, gi: usize, src: &[u8]| {
+        let (p0, p1, r0, r1) = rows(t);
+        if r0 == r1 {
+            return;
+        }
+        let (g, inp) = (&plan.groups[gi], &inputs[gi]);
         let ep = QEpilogue {
-            scale: Some(inp.scale),
+            scale: Some(&inp.scale[r0..r1]),
             zero_point: i32::from(inp.zero_point),
-            bias: if gi == 0 { bias } else { None },
+            bias: if gi == 0 { bias.map(|b| &b[r0..r1]) } else { None },
             accumulate: gi > 0,
         };
+        // SAFETY: thread t alone uses its scratch part and rows r0..r1 of `flat`.
+        let (sc, c) = unsafe { (gs.part(t * per, (t + 1) * per), fs.part(r0 * cols, r1 * cols)) };
         qgemm(
-            k.qgemm(),
-            g.packed.view(),
+            kern,
+            g.packed.view().panels(kern, p0, p1),
             src,
             &g.offs,
             cols,
-            MatMut { data: flat, rs: cols, cs: 1 },
+            MatMut { data: c, rs: cols, cs: 1 },
             &ep,
-            gemm_scratch,
+            sc,
         );
+    };
+    if plan.direct {
+        par.run(&|t| {
+            for (gi, inp) in inputs.iter().enumerate() {
+                gemm(t, gi, inp.data);
+            }
+        });
+    } else {
+        for (gi, (g, inp)) in plan.groups.iter().zip(inputs).enumerate() {
+            let kgs = g.offs.len();
+            let gsh = SharedMut::new(&mut gather[..kgs * cols * 4]);
+            par.run(&|t| {
+                let (a, b) = split(kgs, threads, t, 1);
+                // SAFETY: k-group ranges are disjoint between threads.
+                let dst = unsafe { gsh.part(a * cols * 4, b * cols * 4) };
+                gather_kgroups(&g.layout, inp.data, [kh, kw], stride, [oh, ow], a, dst);
+            });
+            let src: &[u8] = &gather[..kgs * cols * 4];
+            par.run(&|t| gemm(t, gi, src));
+        }
     }
     // Compact the flat columns into [N][cout][oh][ow], or requantize them.
+    let flat: &[f32] = &rest[..cout * cols];
     let l = &plan.groups[0].layout;
     let (img, row) = if plan.direct { (l.hp() * l.wp(), l.wp()) } else { (oh * ow, ow) };
     match out {
         QOutput::F32(y) => {
-            for b in 0..n {
-                for c in 0..cout {
-                    for oy in 0..oh {
-                        y[((b * cout + c) * oh + oy) * ow..][..ow]
-                            .copy_from_slice(&flat[c * cols + b * img + oy * row..][..ow]);
+            let ys = SharedMut::new(y);
+            par.run(&|t| {
+                let (_, _, c0, c1) = rows(t);
+                for b in 0..n {
+                    // SAFETY: channel ranges are disjoint between threads.
+                    let yb = unsafe { ys.part((b * cout + c0) * oh * ow, (b * cout + c1) * oh * ow) };
+                    for c in c0..c1 {
+                        for oy in 0..oh {
+                            yb[((c - c0) * oh + oy) * ow..][..ow]
+                                .copy_from_slice(&flat[c * cols + b * img + oy * row..][..ow]);
+                        }
                     }
                 }
-            }
+            });
         }
         QOutput::U8 { data, layout, q, act } => quantize_strided_c4(k, flat, [cols, img, row], act, q, &layout, data),
     }
@@ -540,6 +620,14 @@ mod tests {
         qconv2d(k, &plan, &inputs, Some(&bias), QOutput::F32(&mut y), &mut scratch);
         for (i, (a, b)) in y.iter().zip(&want).enumerate() {
             assert!(a.to_bits() == b.to_bits(), "{} {g:?} splits {splits:?}: element {i}: {a} vs {b}", k.qgemm().name);
+        }
+        // On 2 and 3 threads: the same bits.
+        for threads in [2, 3] {
+            let pool = crate::pool::Pool::new(threads).unwrap();
+            let mut yt = vec![f32::NAN; want.len()];
+            let mut st = vec![f32::NAN; plan.scratch_len_threads(k, threads)];
+            qconv2d_par(k, &plan, &inputs, Some(&bias), QOutput::F32(&mut yt), &mut st, &pool);
+            assert!(yt.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads: {g:?} differs");
         }
         // Requantized output: the f32 result through SiLU into a padded layout of the next node.
         let [oh, ow] = plan.out_hw();

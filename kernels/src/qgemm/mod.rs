@@ -207,6 +207,20 @@ pub struct PackedQRef<'a> {
     pub kg: usize,
 }
 
+impl<'a> PackedQRef<'a> {
+    /// Row panels `p0..p1` (rows `p0·MR ..`), for splitting a product between threads.
+    pub fn panels(&self, kern: &QgemmKernel, p0: usize, p1: usize) -> PackedQRef<'a> {
+        let per = packed_q_len(kern, kern.mr, self.kg);
+        let (r0, r1) = ((p0 * kern.mr).min(self.m), (p1 * kern.mr).min(self.m));
+        PackedQRef {
+            data: &self.data[p0 * per..p0 * per + (r1 - r0).div_ceil(kern.mr) * per],
+            sums: &self.sums[r0..r1],
+            m: r1 - r0,
+            kg: self.kg,
+        }
+    }
+}
+
 /// Weights packed for one [`QgemmKernel`], with their row sums.
 #[derive(Clone, Debug)]
 pub struct PackedQ {

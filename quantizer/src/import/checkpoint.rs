@@ -27,6 +27,9 @@ pub struct Checkpoint {
     pub source: String,
     /// SHA-256 of the checkpoint file (lower-case hex), when read from a file.
     pub sha256: Option<String>,
+    /// Synthesize every requested tensor from this seed instead (random weights of the right
+    /// shapes, for speed and memory benchmarks of architectures without a checkpoint at hand).
+    random: Option<u64>,
 }
 
 fn sha256_file(path: &Path) -> Result<String, ImportError> {
@@ -73,7 +76,7 @@ impl Checkpoint {
                 });
             }
         };
-        Ok(Checkpoint { tensors, taken: BTreeSet::new(), sha256: Some(sha256_file(path)?), source })
+        Ok(Checkpoint { tensors, taken: BTreeSet::new(), sha256: Some(sha256_file(path)?), source, random: None })
     }
 
     fn read_safetensors(path: &Path, source: &str) -> Result<BTreeMap<String, Tensor>, ImportError> {
@@ -138,7 +141,34 @@ impl Checkpoint {
             taken: BTreeSet::new(),
             source: source.into(),
             sha256: None,
+            random: None,
         }
+    }
+
+    /// A checkpoint that answers every request with random parameters of the requested shape,
+    /// drawn from `seed` and the key: weights (rank ≥ 2) ~ N(0, 1/fan_in), norm scales 1, other
+    /// vectors (biases, norm shifts) ~ N(0, 0.02²). The model it builds computes nothing useful;
+    /// it has the real architecture's shapes and value ranges of the right order, which is what
+    /// speed and memory measurements need.
+    pub fn random(seed: u64) -> Checkpoint {
+        Checkpoint { source: format!("random weights (seed {seed})"), random: Some(seed), ..Checkpoint::default() }
+    }
+
+    fn synthesize(seed: u64, key: &str, shape: &[usize]) -> Tensor {
+        // FNV-1a of the key, mixed with the seed: every tensor its own stream.
+        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let mut rng = crate::calib::rng::Rng::new(seed ^ h);
+        let n: usize = shape.iter().product();
+        let data = if shape.len() >= 2 {
+            let fan_in: usize = shape[1..].iter().product();
+            let sd = (1.0 / fan_in.max(1) as f64).sqrt();
+            (0..n).map(|_| (rng.normal() * sd) as f32).collect()
+        } else if key.ends_with(".weight") || key.ends_with(".gamma") {
+            vec![1.0; n]
+        } else {
+            (0..n).map(|_| (rng.normal() * 0.02) as f32).collect()
+        };
+        Tensor { shape: shape.to_vec(), data }
     }
 
     /// All tensors, consuming the checkpoint.
@@ -218,6 +248,9 @@ impl Checkpoint {
     /// Takes `key`, checking its shape (`expected` may list fewer dimensions when trailing
     /// ones of size 1 are allowed to differ — see [`Checkpoint::take_reshaped`]).
     pub fn take(&mut self, key: &str, expected: &[usize]) -> Result<Tensor, ImportError> {
+        if let Some(seed) = self.random {
+            return Ok(Self::synthesize(seed, key, expected));
+        }
         let t = self
             .tensors
             .get(key)
@@ -238,6 +271,9 @@ impl Checkpoint {
         shape: &[usize],
         alternatives: &[&[usize]],
     ) -> Result<Tensor, ImportError> {
+        if let Some(seed) = self.random {
+            return Ok(Self::synthesize(seed, key, shape));
+        }
         let t = self
             .tensors
             .get(key)

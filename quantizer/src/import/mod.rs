@@ -138,6 +138,9 @@ pub struct ImportOptions {
     pub key: Option<String>,
     /// Storage type of the weight matrices.
     pub f16: bool,
+    /// Build the architecture with random weights from this seed instead of reading the
+    /// checkpoint (ddpm and mnist-unet; for speed and memory benchmarks).
+    pub random: Option<u64>,
 }
 
 /// An imported model, ready to write, and remarks for the user.
@@ -149,7 +152,17 @@ pub struct Imported {
     pub notes: Vec<String>,
 }
 
-/// Imports `checkpoint` as `family`.
+/// The checkpoint's model (under `--key`, else found from `anchor`), or random weights.
+fn open_or_random(checkpoint: &Path, opts: &ImportOptions, anchor: &str) -> Result<Checkpoint, ImportError> {
+    if let Some(seed) = opts.random {
+        return Ok(Checkpoint::random(seed));
+    }
+    let mut ckpt = Checkpoint::open(checkpoint)?;
+    ckpt.select_model(opts.key.as_deref(), anchor)?;
+    Ok(ckpt)
+}
+
+/// Imports `checkpoint` as `family` (ignored with [`ImportOptions::random`]).
 pub fn import(family: Family, checkpoint: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> {
     let dtype = if opts.f16 { WeightDType::F16 } else { WeightDType::F32 };
     match family {
@@ -167,14 +180,16 @@ pub fn import(family: Family, checkpoint: &Path, opts: &ImportOptions) -> Result
                     });
                 }
             };
-            let mut ckpt = Checkpoint::open(checkpoint)?;
-            ckpt.select_model(opts.key.as_deref(), "conv_in.weight")?;
+            let mut ckpt = open_or_random(checkpoint, opts, "conv_in.weight")?;
             Ok(Imported { file: ddpm::build(&mut ckpt, &cfg, &ddpm::DdpmNames, dtype)?, notes: Vec::new() })
         }
+        Family::Diffusers if opts.random.is_some() => Err(ImportError::Config {
+            origin: "diffusers".into(),
+            detail: "random weights need an architecture preset (families ddpm, mnist-unet)".into(),
+        }),
         Family::Diffusers => diffusers::import(checkpoint, opts, dtype),
         Family::MnistUnet => {
-            let mut ckpt = Checkpoint::open(checkpoint)?;
-            ckpt.select_model(opts.key.as_deref(), "pe.embedding.weight")?;
+            let mut ckpt = open_or_random(checkpoint, opts, "pe.embedding.weight")?;
             Ok(Imported { file: mnist_unet::build(&mut ckpt, dtype)?, notes: Vec::new() })
         }
     }
