@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod calib;
+pub mod conv_op;
 pub mod error;
 pub mod fq;
 pub mod grid;
@@ -10,5 +11,6 @@ pub mod import;
 pub mod io;
 pub mod net;
 pub mod quant;
+pub mod train;
 
 pub use error::{QuantError, Result};

@@ -268,6 +268,15 @@ impl Net {
                     if c.stride[0] != c.stride[1] || c.groups != 1 {
                         return Err(QuantError::Invalid(format!("{}: integer form of this convolution", node.name)));
                     }
+                    let pads = [pd.top, pd.bottom, pd.left, pd.right].map(|v| v as usize);
+                    if c.stride == [1, 1]
+                        && c.dilation == [1, 1]
+                        && crate::conv_op::supported(1, 1, 1, c.kernel.map(|v| v as usize), pads)
+                    {
+                        let conv =
+                            |lv: &Tensor, w: &Tensor| -> Result<Tensor> { Ok(crate::conv_op::conv2d(lv, w, pads)?) };
+                        return integer_sum(hooks, ni, &x, 1, groups, p.bias.as_ref(), &conv);
+                    }
                     let conv = |lv: &Tensor, w: &Tensor| -> Result<Tensor> {
                         let lv = lv.pad_with_zeros(2, pd.top as usize, pd.bottom as usize)?;
                         let lv = lv.pad_with_zeros(3, pd.left as usize, pd.right as usize)?;
@@ -299,6 +308,15 @@ impl Net {
             Op::Conv2d(c) => {
                 let x = grouped_input(x, 1)?;
                 let pd = c.padding;
+                let pads = [pd.top, pd.bottom, pd.left, pd.right].map(|v| v as usize);
+                let kernel = c.kernel.map(|v| v as usize);
+                if c.stride == [1, 1]
+                    && crate::conv_op::supported(1, c.dilation[0] as usize, c.groups as usize, kernel, pads)
+                    && c.dilation == [1, 1]
+                {
+                    let y = crate::conv_op::conv2d(&x, &weight()?, pads)?;
+                    return add_channel_bias(y, p.bias.as_ref());
+                }
                 let (x, pad) = if pd.top == pd.bottom && pd.left == pd.right && pd.top == pd.left {
                     (x, pd.top as usize)
                 } else {

@@ -8,6 +8,7 @@ mod inspect;
 mod output;
 mod quantize;
 mod sample;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Measure a model: latency per evaluation, step and image, peak memory, kernels per op.
     Bench(bench::BenchArgs),
+    /// Train a DDPM UNet from scratch on IDX images (ε-prediction, Adam, EMA, checkpoints).
+    Train(train::TrainArgs),
     /// Show what an .edq file holds: header, metadata, graph, tensors, size by dtype.
     /// Verifies every checksum; a damaged file exits with status 2.
     Inspect {
@@ -75,6 +78,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Sample(a) => Ok(sample::run(a)?),
         Command::Quantize(a) => Ok(quantize::run(a)?),
         Command::Bench(a) => Ok(bench::run(a)?),
+        Command::Train(a) => Ok(train::run(a)?),
         Command::Inspect { file, json, full } => {
             let model = MappedModel::open(&file).map_err(|e| file_failure(&file, e))?;
             model.verify().map_err(|e| file_failure(&file, e))?;

@@ -155,6 +155,31 @@ fn bench_reports_latency_memory_and_kernels() {
 }
 
 #[test]
+fn train_errors_are_one_line() {
+    let d = scratch("train-errors");
+    let o = d.join("m.edq");
+    let o = o.to_str().unwrap();
+    assert_one_line_error(
+        &edadm(&["train", "--data", "/nonexistent-idx", "--preset", "fmnist-ddpm", "-o", o]),
+        1,
+        "/nonexistent-idx",
+    );
+    let junk = d.join("junk");
+    std::fs::write(&junk, b"junk").unwrap();
+    let j = junk.to_str().unwrap();
+    assert_one_line_error(&edadm(&["train", "--data", j, "--preset", "fmnist-ddpm", "-o", o]), 1, "IDX");
+    let mut idx = vec![0u8, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 28, 0, 0, 0, 28];
+    idx.extend(std::iter::repeat_n(0u8, 28 * 28));
+    let good = d.join("idx");
+    std::fs::write(&good, idx).unwrap();
+    let g = good.to_str().unwrap();
+    assert_one_line_error(&edadm(&["train", "--data", g, "-o", o]), 1, "--preset");
+    assert_one_line_error(&edadm(&["train", "--data", g, "--preset", "imagenet", "-o", o]), 1, "imagenet");
+    assert!(!Path::new(o).exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
 fn sample_errors_are_one_line() {
     let d = scratch("sample-errors");
     let o = d.join("g.png");

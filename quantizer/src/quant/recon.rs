@@ -256,14 +256,14 @@ fn scalar(t: &Tensor) -> Result<f64> {
 }
 
 /// Adam as PyTorch implements it (default betas and ε, no weight decay).
-struct Adam {
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
-    t: i32,
+pub(crate) struct Adam {
+    pub(crate) m: Vec<Tensor>,
+    pub(crate) v: Vec<Tensor>,
+    pub(crate) t: i32,
 }
 
 impl Adam {
-    fn new(vars: &[Var]) -> Result<Adam> {
+    pub(crate) fn new(vars: &[Var]) -> Result<Adam> {
         let z = |v: &Var| v.as_tensor().zeros_like();
         Ok(Adam {
             m: vars.iter().map(z).collect::<candle_core::Result<_>>()?,
@@ -272,7 +272,12 @@ impl Adam {
         })
     }
 
-    fn step(&mut self, vars: &[Var], grads: &GradStore, lr: f64) -> Result<()> {
+    pub(crate) fn step(&mut self, vars: &[Var], grads: &GradStore, lr: f64) -> Result<()> {
+        self.step_scaled(vars, grads, lr, 1.0)
+    }
+
+    /// [`Adam::step`] with every gradient multiplied by `scale` first (gradient clipping).
+    pub(crate) fn step_scaled(&mut self, vars: &[Var], grads: &GradStore, lr: f64, scale: f64) -> Result<()> {
         const B1: f64 = 0.9;
         const B2: f64 = 0.999;
         self.t += 1;
@@ -280,6 +285,7 @@ impl Adam {
         let bc2 = 1.0 - B2.powi(self.t);
         for (i, var) in vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let g = &(g * scale)?;
             self.m[i] = ((&self.m[i] * B1)? + (g * (1.0 - B1))?)?;
             self.v[i] = ((&self.v[i] * B2)? + (g.sqr()? * (1.0 - B2))?)?;
             let denom = ((self.v[i].sqrt()? / bc2.sqrt())? + 1e-8)?;
