@@ -22,7 +22,7 @@ use edadm_kernels::gemm::{BSrc, ConvGeom, MatMut, MatRef, pack_a, sgemm};
 use edadm_kernels::ops::conv::{Conv2dPlan, conv2d as kconv2d};
 use rayon::prelude::*;
 
-fn kernels() -> &'static Kernels {
+pub(crate) fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
     K.get_or_init(|| edadm_kernels::select().unwrap_or_else(|_| edadm_kernels::reference()))
 }

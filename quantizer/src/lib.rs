@@ -10,6 +10,7 @@ pub mod grid;
 pub mod import;
 pub mod io;
 pub mod net;
+pub mod norm_op;
 pub mod quant;
 pub mod train;
 

@@ -356,6 +356,20 @@ impl Net {
                     None => y,
                 }
             }
+            Op::GroupNorm(gn) if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 => {
+                let c = x.dim(1)?;
+                let ones = || Tensor::ones(c, candle_core::DType::F32, x.device());
+                let zeros = || Tensor::zeros(c, candle_core::DType::F32, x.device());
+                let gamma = match &p.weight {
+                    Some(t) => t.clone(),
+                    None => ones()?,
+                };
+                let beta = match &p.bias {
+                    Some(t) => t.clone(),
+                    None => zeros()?,
+                };
+                crate::norm_op::group_norm(&x, gn.groups as usize, gn.eps, &gamma, &beta)?
+            }
             Op::GroupNorm(gn) => {
                 let (n, c, h, w) = x.dims4()?;
                 let g = gn.groups as usize;
@@ -562,6 +576,9 @@ impl Net {
 
 fn add_channel_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     Ok(match bias {
+        Some(b) if y.device().is_cpu() && y.dtype() == candle_core::DType::F32 && y.rank() == 4 => {
+            crate::norm_op::add_channel_bias(&y, b)?
+        }
         Some(b) => {
             let c = b.dim(0)?;
             y.broadcast_add(&b.reshape((1, c, 1, 1))?)?
