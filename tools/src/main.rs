@@ -3,6 +3,7 @@
 
 mod bench;
 mod calibrate;
+mod demo;
 mod import_cmd;
 mod inspect;
 mod output;
@@ -37,6 +38,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Train a DDPM UNet from scratch on IDX images (ε-prediction, Adam, EMA, checkpoints).
     Train(train::TrainArgs),
+    /// Quantize a model with EDA-DM at quick settings, sample FP and W8A8 from the same noise,
+    /// and write both grids with a speed/memory/PSNR report.
+    Demo(demo::DemoArgs),
     /// Show what an .edq file holds: header, metadata, graph, tensors, size by dtype.
     /// Verifies every checksum; a damaged file exits with status 2.
     Inspect {
@@ -79,6 +83,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Quantize(a) => Ok(quantize::run(a)?),
         Command::Bench(a) => Ok(bench::run(a)?),
         Command::Train(a) => Ok(train::run(a)?),
+        Command::Demo(a) => Ok(demo::run(a)?),
         Command::Inspect { file, json, full } => {
             let model = MappedModel::open(&file).map_err(|e| file_failure(&file, e))?;
             model.verify().map_err(|e| file_failure(&file, e))?;
@@ -91,6 +96,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             write_stdout(&out)
         }
     }
+}
+
+/// Runs another subcommand in this process (for `edadm demo`), e.g.
+/// `subcommand(&["quantize", "m.edq", "-o", "q.edq"])`.
+pub(crate) fn subcommand(args: &[&str]) -> anyhow::Result<()> {
+    let cli = Cli::try_parse_from(std::iter::once("edadm").chain(args.iter().copied()))
+        .map_err(|e| anyhow::anyhow!("edadm {}: {e}", args.join(" ")))?;
+    run(cli).map_err(|f| anyhow::anyhow!(f.message))
 }
 
 /// Writes to stdout; a closed pipe (`edadm inspect m.edq | head`) is not an error.

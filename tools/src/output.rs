@@ -41,10 +41,26 @@ pub fn png_grid(
     range: [f32; 2],
     scale: usize,
 ) -> Result<()> {
+    png_grid_cols(path, x, n, c, h, w, range, scale, (n as f64).sqrt().ceil() as usize)
+}
+
+/// [`png_grid`] with `cols` images per row.
+#[allow(clippy::too_many_arguments)]
+pub fn png_grid_cols(
+    path: &Path,
+    x: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    range: [f32; 2],
+    scale: usize,
+    cols: usize,
+) -> Result<()> {
     if c != 1 && c != 3 {
         bail!("cannot write {c}-channel samples as an image (1 or 3 channels)");
     }
-    let cols = (n as f64).sqrt().ceil() as usize;
+    let cols = cols.max(1);
     let rows = n.div_ceil(cols);
     let (ih, iw) = (h * scale, w * scale);
     let border = 2;

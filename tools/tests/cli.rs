@@ -155,6 +155,54 @@ fn bench_reports_latency_memory_and_kernels() {
 }
 
 #[test]
+fn demo_runs_the_whole_pipeline_on_a_tiny_model() {
+    let d = scratch("demo");
+    let m = d.join("tiny.edq");
+    let cfg = format!("{}/../quantizer/tests/data/tiny-ddpm.json", env!("CARGO_MANIFEST_DIR"));
+    let imp =
+        edadm(&["import", "--family", "ddpm", "--config", &cfg, "--random-weights", "3", "-o", m.to_str().unwrap()]);
+    assert!(imp.status.success(), "{}", String::from_utf8_lossy(&imp.stderr));
+    let out = d.join("out");
+    let r = edadm(&[
+        "demo",
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-n",
+        "4",
+        "--steps",
+        "4",
+        "--n-calib",
+        "16",
+        "--calib-steps",
+        "5",
+        "--iters",
+        "2",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(text.contains("PSNR W8A8 vs f32") && text.contains("ms/step"), "{text}");
+    for f in ["fp32.png", "w8a8.png", "side-by-side.png", "model-w8a8.edq", "report.json", "report.md"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    // Side by side: twice as wide as one grid.
+    let (w1, h1) = png_size(&out.join("fp32.png"));
+    let (w2, h2) = png_size(&out.join("side-by-side.png"));
+    assert_eq!(h1, h2);
+    assert!(w2 > 2 * w1 - 10 && w2 <= 2 * w1, "{w1} vs {w2}");
+    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert!(rep["psnr_w8a8_vs_f32_db"].as_f64().unwrap() > 0.0);
+    assert!(rep["file_bytes"]["w8a8"].as_f64().unwrap() < rep["file_bytes"]["f32"].as_f64().unwrap());
+    assert_one_line_error(
+        &edadm(&["demo", "--model", "/nonexistent.edq", "--out", out.to_str().unwrap()]),
+        1,
+        "/nonexistent.edq",
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
 fn train_errors_are_one_line() {
     let d = scratch("train-errors");
     let o = d.join("m.edq");
