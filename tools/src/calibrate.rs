@@ -60,6 +60,7 @@ pub struct CalibrateArgs {
 
 /// Runs `edadm calibrate`.
 pub fn run(a: CalibrateArgs) -> Result<()> {
+    edadm_runtime::keep_freed_memory();
     let model = Model::open(&a.model).with_context(|| format!("cannot open {}", a.model.display()))?;
     let started = Instant::now();
     let (set, sampled) = build(&model, &a.model, &a.opts)?;

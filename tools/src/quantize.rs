@@ -95,6 +95,7 @@ fn calib_defaults_changed(o: &CalibOpts) -> Vec<&'static str> {
 
 /// Runs `edadm quantize`.
 pub fn run(a: QuantizeArgs) -> Result<()> {
+    edadm_runtime::keep_freed_memory();
     let started = Instant::now();
     let method = Recon::from_name(&a.recon).expect("clap checked --recon");
     if !matches!(a.wbits, 4 | 8) {

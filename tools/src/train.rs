@@ -64,6 +64,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    edadm_runtime::keep_freed_memory();
     let images =
         Images::read_idx(&a.data).with_context(|| format!("cannot read training images {}", a.data.display()))?;
     let model = match &a.init {
