@@ -282,8 +282,10 @@ pub fn train(
         };
         let lr = if cfg.warmup > 0 { cfg.lr * ((step + 1) as f64 / cfg.warmup as f64).min(1.0) } else { cfg.lr };
         adam.step_scaled(&vars, &grads, lr, scale)?;
+        // Detached: an op on a Var is recorded for backprop, and the EMA would otherwise keep
+        // the whole history of the run alive through its graph.
         for (e, v) in ema.iter_mut().zip(&vars) {
-            *e = ((&*e * cfg.ema)? + (v.as_tensor() * (1.0 - cfg.ema))?)?;
+            *e = ((&*e * cfg.ema)? + (v.as_tensor().detach() * (1.0 - cfg.ema))?)?.detach();
         }
         state.step = step + 1;
         window.0 += lv;

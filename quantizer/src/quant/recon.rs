@@ -286,8 +286,9 @@ impl Adam {
         for (i, var) in vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             let g = &(g * scale)?;
-            self.m[i] = ((&self.m[i] * B1)? + (g * (1.0 - B1))?)?;
-            self.v[i] = ((&self.v[i] * B2)? + (g.sqr()? * (1.0 - B2))?)?;
+            // Detached: the moments must not hold on to the graphs their inputs came from.
+            self.m[i] = ((&self.m[i] * B1)? + (g * (1.0 - B1))?)?.detach();
+            self.v[i] = ((&self.v[i] * B2)? + (g.sqr()? * (1.0 - B2))?)?.detach();
             let denom = ((self.v[i].sqrt()? / bc2.sqrt())? + 1e-8)?;
             let upd = ((&self.m[i] / denom)? * (lr / bc1))?;
             var.set(&(var.as_tensor() - upd)?)?;
