@@ -142,7 +142,9 @@ fn trainable(net: &Net) -> Vec<(usize, bool, TensorId)> {
 }
 
 /// Trains `model`'s weights (its file holds the initial ones) on `images`, checkpointing into
-/// `checkpoint` every `every` steps and at the end; with `resume`, continues from it.
+/// `checkpoint` every `every` steps and at the end; with `resume`, continues from it — up to
+/// `cfg.steps`, which may differ from the interrupted run's (a resume with the checkpoint's own
+/// step count exports its weights as they are).
 /// `progress(step, loss)` is called after every step.
 pub fn train(
     model: &Model,
@@ -201,7 +203,10 @@ pub fn train(
     let mut state = State { config: cfg.clone(), fingerprint, step: 0, adam_t: 0, losses: Vec::new() };
     if resume {
         let (st, tensors) = load_checkpoint(checkpoint)?;
-        if st.config != state.config || st.fingerprint != state.fingerprint {
+        // The step count may change (stop early, or go on): no draw and no learning rate
+        // depends on it.
+        let same = TrainConfig { steps: cfg.steps, ..st.config.clone() } == state.config;
+        if !same || st.fingerprint != state.fingerprint {
             return Err(QuantError::BadFile {
                 path: checkpoint.display().to_string(),
                 what: "a checkpoint of another training run (other settings, model or data)".into(),
@@ -220,8 +225,14 @@ pub fn train(
             adam.v[i] = Tensor::from_vec(get(format!("v.{i}"))?, shape.clone(), &dev)?;
             ema[i] = Tensor::from_vec(get(format!("ema.{i}"))?, shape, &dev)?;
         }
+        if st.step > cfg.steps {
+            return Err(QuantError::Invalid(format!(
+                "the checkpoint is at step {}, beyond --steps {}",
+                st.step, cfg.steps
+            )));
+        }
         adam.t = st.adam_t;
-        state = st;
+        state = State { config: cfg.clone(), ..st };
     } else if checkpoint.exists() {
         return Err(QuantError::Invalid(format!(
             "{} exists: pass --resume to continue that run, or remove it",

@@ -73,6 +73,13 @@ fn training_lowers_the_loss_resumes_exactly_and_exports_a_runnable_model() {
         })
     }));
     assert!(r.is_err() && n == 50);
+    // Resuming with fewer steps than the checkpoint is an error; with exactly its steps, it
+    // exports without training.
+    let e = train(&model, &images, &TrainConfig { steps: 30, ..short.clone() }, &ck, 20, true, &mut |_, _| {});
+    assert!(e.unwrap_err().to_string().contains("beyond --steps"));
+    let at40 =
+        train(&model, &images, &TrainConfig { steps: 40, ..short.clone() }, &ck, 20, true, &mut |_, _| {}).unwrap();
+    assert_eq!(at40.steps_run, 0);
     let resumed = train(&model, &images, &short, &ck, 20, true, &mut |_, _| {}).unwrap();
     assert_eq!(resumed.steps_run, 20);
     for (id, w) in &full.ema {
