@@ -4,6 +4,7 @@
 mod bench;
 mod calibrate;
 mod demo;
+mod eval;
 mod import_cmd;
 mod inspect;
 mod output;
@@ -41,6 +42,9 @@ enum Command {
     /// Quantize a model with EDA-DM at quick settings, sample FP and W8A8 from the same noise,
     /// and write both grids with a speed/memory/PSNR report.
     Demo(demo::DemoArgs),
+    /// FID against a reference set (standard Inception network), fidelity to the FP model
+    /// from the same noise (PSNR, SSIM, ε-MSE per step).
+    Eval(eval::EvalArgs),
     /// Show what an .edq file holds: header, metadata, graph, tensors, size by dtype.
     /// Verifies every checksum; a damaged file exits with status 2.
     Inspect {
@@ -84,6 +88,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench(a) => Ok(bench::run(a)?),
         Command::Train(a) => Ok(train::run(a)?),
         Command::Demo(a) => Ok(demo::run(a)?),
+        Command::Eval(a) => Ok(eval::run(a)?),
         Command::Inspect { file, json, full } => {
             let model = MappedModel::open(&file).map_err(|e| file_failure(&file, e))?;
             model.verify().map_err(|e| file_failure(&file, e))?;

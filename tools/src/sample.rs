@@ -57,7 +57,7 @@ pub struct SampleArgs {
     raw: Option<PathBuf>,
 }
 
-fn parse_range(s: &str) -> Result<[f32; 2], String> {
+pub(crate) fn parse_range(s: &str) -> Result<[f32; 2], String> {
     let (lo, hi) = s.split_once(',').ok_or("expected LO,HI")?;
     let lo: f32 = lo.trim().parse().map_err(|_| format!("{lo:?} is not a number"))?;
     let hi: f32 = hi.trim().parse().map_err(|_| format!("{hi:?} is not a number"))?;
