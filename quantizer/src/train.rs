@@ -366,12 +366,15 @@ fn load_checkpoint(path: &Path) -> Result<(State, BTreeMap<String, Vec<f32>>)> {
     Ok((state, out))
 }
 
-/// The bytes of `source` with the trained tensors replaced (in their stored dtype, f32 or f16)
-/// and `meta` added to its metadata.
+/// The bytes of `source` with the trained tensors replaced (in their stored dtype, f32 or f16;
+/// with `f16`, every trained weight matrix — two or more dimensions — is stored in f16, biases
+/// and norm parameters stay f32, as `edadm import --dtype f16` does) and `meta` added to its
+/// metadata.
 pub fn export(
     source: &Model,
     weights: &BTreeMap<TensorId, Vec<f32>>,
     meta: Vec<(String, MetaValue)>,
+    f16: bool,
 ) -> Result<Vec<u8>> {
     let file = source.file();
     let err = |e: edadm_format::FormatError| QuantError::Invalid(format!("export: {e}"));
@@ -385,11 +388,12 @@ pub fn export(
     for view in file.tensors() {
         match weights.get(&view.id) {
             Some(v) => {
-                let bytes: Vec<u8> = match view.dtype {
+                let dtype =
+                    if view.dtype == DType::F16 || (f16 && view.shape.len() >= 2) { DType::F16 } else { DType::F32 };
+                let bytes: Vec<u8> = match dtype {
                     DType::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
                     _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
                 };
-                let dtype = if view.dtype == DType::F16 { DType::F16 } else { DType::F32 };
                 b.add_tensor(view.name, dtype, view.shape, bytes).map_err(err)?;
             }
             None => {

@@ -75,6 +75,11 @@ fn mnist_unet_matches_numpy_from_safetensors_and_pth() {
     let mut outputs = Vec::new();
     for file in ["model.safetensors", "model.pth"] {
         let model = import_model(Family::MnistUnet, &dir.join(file), None);
+        // The data range settled by measurement (docs/RESULTS.md).
+        assert_eq!(
+            model.metadata().get_f64_array(edadm_format::metadata::keys::MODEL_DATA_RANGE),
+            Some(&[0.0, 1.0][..])
+        );
         let s = run(&model, 4, &x, &t, &["mid.0.relu_out"]);
         let (e1, e2) =
             (rel_err(s.output(), &eps), rel_err(s.value(value_of(&model, "mid.0.relu_out")).unwrap(), &mid0));

@@ -95,12 +95,23 @@ fn training_lowers_the_loss_resumes_exactly_and_exports_a_runnable_model() {
     assert!(e.to_string().contains("--resume"), "{e}");
 
     // The exported model runs in the runtime and predicts noise better than its initialisation.
-    let bytes = export(&model, &full.ema, vec![]).unwrap();
+    let bytes = export(&model, &full.ema, vec![], false).unwrap();
+    let len32 = bytes.len();
     let trained = Model::from_bytes(bytes).unwrap();
     let mut s = Session::new(&trained, &SessionOptions::batch(2)).unwrap();
     let x: Vec<f32> = (0..s.sample_len()).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
-    let y = s.run(&x, &[10.0, 900.0]).unwrap();
+    let y = s.run(&x, &[10.0, 900.0]).unwrap().to_vec();
     assert!(y.iter().all(|v| v.is_finite()));
+    // Stored in f16: smaller, and the same network to f16 precision.
+    let bytes16 = export(&model, &full.ema, vec![], true).unwrap();
+    assert!(bytes16.len() < len32 * 3 / 4, "{} vs {len32}", bytes16.len());
+    let half = Model::from_bytes(bytes16).unwrap();
+    assert!(half.file().tensors().any(|t| t.dtype == edadm_format::DType::F16));
+    let mut s16 = Session::new(&half, &SessionOptions::batch(2)).unwrap();
+    let y16 = s16.run(&x, &[10.0, 900.0]).unwrap();
+    let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = y.iter().zip(y16).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err > 0.0 && err < 1e-2 * scale, "f16 export differs by {err} (outputs up to {scale})");
     std::fs::remove_dir_all(&d).unwrap();
 }
 

@@ -183,6 +183,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let f = |v: &serde_json::Value, k: &[&str]| k.iter().fold(v, |v, k| &v[*k]).as_f64().unwrap_or(f64::NAN);
     let mib = |b: f64| b / (1024.0 * 1024.0);
     let (fsize, qsize) = (std::fs::metadata(&model)?.len() as f64, std::fs::metadata(&q)?.len() as f64);
+    let fp_weights = if fm.file().tensors().any(|t| t.dtype == edadm_format::DType::F16) { "f16" } else { "f32" };
     let report = serde_json::json!({
         "model": model.display().to_string(),
         "quantization": {"method": "EDA-DM (TDAC + FBR)", "bits": "W8A8", "n_calib": a.n_calib,
@@ -193,6 +194,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "eval_batch1_ms": {"f32": f(&bf, &["eval_ms", "median"]), "w8a8": f(&bq, &["eval_ms", "median"])},
         "peak_rss_bytes": {"f32": f(&bf, &["memory", "peak_rss_bytes"]), "w8a8": f(&bq, &["memory", "peak_rss_bytes"])},
         "file_bytes": {"f32": fsize, "w8a8": qsize},
+        "fp_file_weights": fp_weights,
         "seconds_total": started.elapsed().as_secs_f64(),
     });
     let summary = format!(
@@ -200,7 +202,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
          quantized W8A8 with EDA-DM (TDAC over {} DDIM-{} trajectories, FBR {} it/unit) in {:.0} s\n\
          {} images, DDIM {} steps, same noise: f32 {:.1} ms/step, W8A8 {:.1} ms/step ({:.2}x), {} threads\n\
          one evaluation at batch 1: f32 {:.2} ms, W8A8 {:.2} ms; peak RSS f32 {:.1} MiB, W8A8 {:.1} MiB\n\
-         files: f32 {:.2} MiB, W8A8 {:.2} MiB; PSNR W8A8 vs f32 {:.1} dB\n\
+         files: FP {:.2} MiB ({} weights), W8A8 {:.2} MiB; PSNR W8A8 vs f32 {:.1} dB\n\
          wrote {}: fp32.png, w8a8.png, side-by-side.png (left f32, right W8A8), model-w8a8.edq, report.json, report.md\n",
         model.display(),
         a.n_calib,
@@ -218,6 +220,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         mib(f(&bf, &["memory", "peak_rss_bytes"])),
         mib(f(&bq, &["memory", "peak_rss_bytes"])),
         mib(fsize),
+        fp_weights,
         mib(qsize),
         psnr,
         a.out.display()

@@ -326,11 +326,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 g
             }
         };
-        Some(g)
+        Some((g, key))
     } else {
         None
     };
-    if let (Some(fpg), Some(g)) = (&fp, &generated) {
+    if let (Some((fpg, _)), Some(g)) = (&fp, &generated) {
         if fpg.shape != g.shape {
             bail!("the FP model's samples are {:?}, the model's {:?}", fpg.shape, g.shape);
         }
@@ -415,10 +415,24 @@ pub fn run(a: EvalArgs) -> Result<()> {
             ref_stats.n,
             secs * 1e3 / samples.n as f64
         ));
-        if let Some(fpg) = &fp {
-            let [c, h, w] = fpg.shape;
-            let fi = Images::from_f32(&fpg.x, a.num, c, h, w, range);
-            let (sf, _) = stats_of(net, &fi, a.threads, "FP sample features", None)?;
+        if let Some((fpg, key)) = &fp {
+            // Cached per FP-sample set, data range and network: every row of a table shares it.
+            let skey = cache::hash_str(&format!("fp-stats v1 {key} {range:?} {}", cache::hash_path(inc)?));
+            let file = cache_dir.as_ref().map(|d| d.join(format!("fp-stats-{}.safetensors", &skey[..24])));
+            let sf = match file.as_ref().filter(|f| f.is_file()).and_then(|f| FeatureStats::load(f).ok()) {
+                Some((sf, _)) => sf,
+                None => {
+                    let [c, h, w] = fpg.shape;
+                    let fi = Images::from_f32(&fpg.x, a.num, c, h, w, range);
+                    let (sf, _) = stats_of(net, &fi, a.threads, "FP sample features", None)?;
+                    if let Some(f) = &file {
+                        let mut bytes = Vec::new();
+                        sf.save(&mut bytes, &HashMap::new())?;
+                        cache::write_atomic(f, &bytes)?;
+                    }
+                    sf
+                }
+            };
             let fid_fp = frechet_distance(&sf, &ref_stats)?;
             report.insert("fid_fp".into(), serde_json::json!(fid_fp));
             text.push(format!("FID of the FP model's samples {fid_fp:.3}"));
@@ -447,7 +461,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             Ok(())
         };
         write_set("samples", &samples, generated.as_ref().map(|g| &g.x[..]))?;
-        if let Some(fpg) = &fp {
+        if let Some((fpg, _)) = &fp {
             let [c, h, w] = fpg.shape;
             write_set("fp", &Images::from_f32(&fpg.x, a.num, c, h, w, range), Some(&fpg.x))?;
         }

@@ -58,7 +58,10 @@ pub struct TrainArgs {
     /// Continue the interrupted run of the checkpoint (same settings).
     #[arg(long)]
     resume: bool,
-    /// The trained .edq model (f32 EMA weights).
+    /// Storage of the exported weight matrices (biases and norm parameters stay f32).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    dtype: String,
+    /// The trained .edq model (EMA weights).
     #[arg(short, long)]
     output: PathBuf,
 }
@@ -128,7 +131,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         ("train.seed".to_string(), MetaValue::U64(a.seed)),
         ("train.loss_per_100_steps".to_string(), MetaValue::Array(MetaArray::F64(trained.losses.clone()))),
     ];
-    let bytes = export(&model, &trained.ema, meta).context("cannot export the trained model")?;
+    let bytes = export(&model, &trained.ema, meta, a.dtype == "f16").context("cannot export the trained model")?;
     edadm_quantizer::io::write_atomic(&a.output, &bytes)
         .with_context(|| format!("cannot write {}", a.output.display()))?;
     println!(

@@ -153,6 +153,11 @@ pub fn build(ckpt: &mut Checkpoint, dtype: WeightDType) -> Result<FileBuilder<'s
         keys::MODEL_CONFIG,
         format!(r#"{{"channels":{channels:?},"pe_dim":{pe_dim},"n_steps":{steps},"residual":true}}"#),
     );
+    // Measured (docs/RESULTS.md, "mnist-unet's data range"): its DDIM samples put the
+    // background at 0 (median −0.005, nothing below −0.21) and strokes at 1, like MNIST scaled to
+    // [0, 1] — not [-1, 1] as the upstream loader suggests; FID 31.3 read as [0, 1] against
+    // the MNIST test split.
+    meta.insert(keys::MODEL_DATA_RANGE, vec![0.0, 1.0]);
     meta.insert(keys::SCHEDULE_KIND, "linear");
     meta.insert(keys::SCHEDULE_TIMESTEPS, steps as u64);
     meta.insert(keys::SCHEDULE_BETAS, edadm_runtime::sampler::linear_betas(1e-4, 0.02, steps));
