@@ -64,6 +64,9 @@ model() { # M
   local ref=$OUT/ref-$M.safetensors
   local ev=(--reference "$ref" --inception "$INCEPTION" -n "$N" "${SAMPLER[@]}" --seed 0 --threads "$THREADS"
             --cache "$OUT/cache" --json)
+  # fmnist-ddpm was trained on the 28×28 images zero-padded to 32×32: its samples are cropped
+  # back to 28×28 before FID against the unpadded test split.
+  [ "$M" = fmnist ] && ev+=(--crop 28)
   [ -f "$OUT/$M-fp.json" ] || { log "eval $M FP"; $E eval --model "$fp" "${ev[@]}" --out "$OUT/$M-fp" > "$OUT/$M-fp.json.part" && mv "$OUT/$M-fp.json.part" "$OUT/$M-fp.json"; }
   for W in 8 4; do
     for CR in uniform-block random-block tdac-block uniform-fbr tdac-fbr; do

@@ -40,6 +40,23 @@ impl Images {
         self
     }
 
+    /// The central `h × w` of every image (`None` if larger than the images): e.g. 32×32 samples
+    /// of a model trained on 28×28 images zero-padded to 32×32, cropped back to the data's size
+    /// before FID against the unpadded test split.
+    pub fn center_crop(&self, h: usize, w: usize) -> Option<Images> {
+        if h == 0 || w == 0 || h > self.h || w > self.w {
+            return None;
+        }
+        let (y0, x0) = ((self.h - h) / 2, (self.w - w) / 2);
+        let mut pixels = Vec::with_capacity(self.n * self.c * h * w);
+        for plane in self.pixels.chunks_exact(self.h * self.w) {
+            for row in plane.chunks_exact(self.w).skip(y0).take(h) {
+                pixels.extend_from_slice(&row[x0..x0 + w]);
+            }
+        }
+        Some(Images { pixels, n: self.n, c: self.c, h, w })
+    }
+
     /// Reads an IDX image file or a folder of PNGs (sorted by name).
     pub fn read(path: &Path) -> Result<Images> {
         if path.is_dir() { Images::read_png_dir(path) } else { Images::read_idx(path) }
@@ -159,6 +176,16 @@ fn read_png(path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn center_crop_takes_the_middle() {
+        let pixels: Vec<u8> = (0..2 * 16).map(|v| v as u8).collect();
+        let im = Images { pixels, n: 2, c: 1, h: 4, w: 4 };
+        let c = im.center_crop(2, 2).unwrap();
+        assert_eq!((c.n, c.h, c.w), (2, 2, 2));
+        assert_eq!(c.pixels, vec![5, 6, 9, 10, 21, 22, 25, 26]);
+        assert!(im.center_crop(5, 4).is_none() && im.center_crop(0, 1).is_none());
+    }
 
     #[test]
     fn idx_round_trip_and_bad_files() {

@@ -55,7 +55,7 @@ fn builtin() -> Option<PathBuf> {
             cands.push(up.join(name));
         }
     }
-    cands.into_iter().find(|p| p.is_file())
+    cands.into_iter().find(|p| p.is_file()).map(|p| p.canonicalize().unwrap_or(p))
 }
 
 /// Samples `n` images from the same noise; returns them and the ms per sampling step.
@@ -101,7 +101,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let model = match &a.model {
         Some(p) => p.clone(),
         None => builtin().context(
-            "the built-in model (models/fmnist-builtin.edq) is not in this checkout yet; pass --model FP.edq",
+            "cannot find the built-in model models/fmnist-builtin.edq (next to the checkout, in the current folder or above the binary); pass --model FP.edq",
         )?,
     };
     let fm = Model::open(&model).with_context(|| format!("cannot open {}", model.display()))?;

@@ -77,6 +77,10 @@ pub struct EvalArgs {
     /// Data range of the samples, `LO,HI` (default: the model's `model.data_range`, else -1,1).
     #[arg(long, value_parser = crate::sample::parse_range)]
     range: Option<[f32; 2]>,
+    /// Centre-crop the scored images to `N` or `H,W` pixels before FID (e.g. `28` for a model
+    /// trained on 28×28 images zero-padded to 32×32, scored against the unpadded test split).
+    #[arg(long, value_parser = parse_crop)]
+    crop: Option<[usize; 2]>,
     /// Cache folder (reference statistics, FP samples); default $EDADM_CACHE, else
     /// ~/.cache/edadm.
     #[arg(long)]
@@ -96,6 +100,29 @@ pub struct EvalArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_crop(s: &str) -> std::result::Result<[usize; 2], String> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse().map_err(|_| format!("not a size: {s}")))
+        .collect::<std::result::Result<_, _>>()?;
+    match v[..] {
+        [n] if n > 0 => Ok([n, n]),
+        [h, w] if h > 0 && w > 0 => Ok([h, w]),
+        _ => Err(format!("expected N or H,W (positive), got {s}")),
+    }
+}
+
+/// `imgs` centre-cropped to `crop` when given.
+fn cropped(imgs: Images, crop: Option<[usize; 2]>) -> Result<Images> {
+    match crop {
+        None => Ok(imgs),
+        Some([h, w]) => match imgs.center_crop(h, w) {
+            Some(c) => Ok(c),
+            None => bail!("--crop {h},{w} is larger than the {}×{} images", imgs.h, imgs.w),
+        },
+    }
 }
 
 fn bar(len: usize, what: &str) -> indicatif::ProgressBar {
@@ -263,6 +290,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         None => None,
     };
+    if let (Some([ch, cw]), Some(m)) = (a.crop, &a.model) {
+        let [_, h, w] = Model::open(m).with_context(|| format!("cannot open {}", m.display()))?.sample_shape();
+        if ch > h || cw > w {
+            bail!("--crop {ch},{cw} is larger than the {h}×{w} samples of {}", m.display());
+        }
+    }
     let cache_dir = (!a.no_cache).then(|| cache::dir(a.cache.as_deref()));
     let started = Instant::now();
     let mut report = serde_json::Map::new();
@@ -402,12 +435,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 Ok(())
             })?;
         }
-        let (s, secs) = stats_of(net, &samples, a.threads, "sample features", feat_file("samples").as_deref())?;
+        let scored = cropped(samples.clone(), a.crop)?;
+        let (s, secs) = stats_of(net, &scored, a.threads, "sample features", feat_file("samples").as_deref())?;
         let fid = frechet_distance(&s, &ref_stats)?;
         report.insert(
             "fid".into(),
             serde_json::json!({ "value": fid, "n": samples.n, "reference": ref_desc, "reference_n": ref_stats.n,
-                "features_s": secs, "ms_per_image": secs * 1e3 / samples.n as f64 }),
+                "features_s": secs, "ms_per_image": secs * 1e3 / samples.n as f64, "crop": a.crop }),
         );
         text.push(format!(
             "FID {fid:.3} ({} samples vs {} reference images of {ref_desc}; features {:.0} ms per image)",
@@ -417,13 +451,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
         ));
         if let Some((fpg, key)) = &fp {
             // Cached per FP-sample set, data range and network: every row of a table shares it.
-            let skey = cache::hash_str(&format!("fp-stats v1 {key} {range:?} {}", cache::hash_path(inc)?));
+            let skey = cache::hash_str(&format!("fp-stats v1 {key} {range:?} {:?} {}", a.crop, cache::hash_path(inc)?));
             let file = cache_dir.as_ref().map(|d| d.join(format!("fp-stats-{}.safetensors", &skey[..24])));
             let sf = match file.as_ref().filter(|f| f.is_file()).and_then(|f| FeatureStats::load(f).ok()) {
                 Some((sf, _)) => sf,
                 None => {
                     let [c, h, w] = fpg.shape;
-                    let fi = Images::from_f32(&fpg.x, a.num, c, h, w, range);
+                    let fi = cropped(Images::from_f32(&fpg.x, a.num, c, h, w, range), a.crop)?;
                     let (sf, _) = stats_of(net, &fi, a.threads, "FP sample features", None)?;
                     if let Some(f) = &file {
                         let mut bytes = Vec::new();

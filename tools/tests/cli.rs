@@ -311,3 +311,51 @@ fn import_then_sample_a_real_model() {
     assert!(!Path::new(o).exists());
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn the_builtin_model_is_in_the_checkout_and_generates_garments() {
+    let m = format!("{}/../models/fmnist-builtin.edq", env!("CARGO_MANIFEST_DIR"));
+    let info = edadm(&["inspect", &m, "--json"]);
+    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(j["metadata"]["train.steps"].as_u64(), Some(12000), "the model card's run");
+    assert_eq!(j["metadata"]["train.loss_per_100_steps"].as_array().map(Vec::len), Some(120));
+    assert!(std::fs::metadata(&m).unwrap().len() < 3 << 20, "f16 weights, a few MB");
+    // A trained Fashion-MNIST model draws a garment on a black background (−1) with a black
+    // 2-pixel frame (the padding of its training images); random weights draw noise.
+    let d = scratch("builtin");
+    let raw = d.join("x.npy");
+    let out = edadm(&[
+        "sample",
+        &m,
+        "-n",
+        "4",
+        "--steps",
+        "20",
+        "--sampler",
+        "ddim",
+        "--skip",
+        "quad",
+        "--seed",
+        "0",
+        "-o",
+        d.join("g.png").to_str().unwrap(),
+        "--raw",
+        raw.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let npy = std::fs::read(&raw).unwrap();
+    let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    let x: Vec<f32> =
+        npy[10 + header_len..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    assert_eq!(x.len(), 4 * 32 * 32);
+    for img in x.chunks_exact(32 * 32) {
+        let frame: Vec<f32> =
+            (0..32 * 32).filter(|i| i / 32 < 2 || i / 32 >= 30 || i % 32 < 2 || i % 32 >= 30).map(|i| img[i]).collect();
+        let dark = frame.iter().filter(|&&v| v < -0.8).count() as f64 / frame.len() as f64;
+        let bright = img.iter().filter(|&&v| v > 0.0).count();
+        assert!(dark > 0.9, "frame {:.0} % black", dark * 100.0);
+        assert!(bright > 30, "{bright} bright pixels: no garment");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}

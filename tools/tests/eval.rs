@@ -99,6 +99,12 @@ fn eval_errors_are_one_line() {
     assert_one_line_error(&edadm(&["eval", "--model", &m]), "nothing to measure");
     assert_one_line_error(&edadm(&["eval", "--model", &m, "--reference", &fp]), "--inception");
     assert_one_line_error(&edadm(&["eval", "--model", &m, "--fp", &fp, "-n", "0"]), "-n");
+    // A malformed value is rejected by the argument parser (exit 2, with its usage line).
+    let bad = edadm(&["eval", "--model", &m, "--fp", &fp, "--crop", "2,x"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("--crop") && !err.contains("panicked"), "{err}");
+    assert_one_line_error(&edadm(&["eval", "--model", &m, "--fp", &fp, "--crop", "99"]), "larger than");
     let d = scratch("errors");
     let junk = d.join("junk.pt");
     std::fs::write(&junk, b"not a zip").unwrap();
