@@ -6,7 +6,7 @@
 For each model (fmnist, mnist) whose FP row and EDA-DM rows (tdac+fbr) exist, reads the first
 36 images of each row's samples.idx (`edadm eval --out`: image i of every row comes from the
 same noise, seed 0) and writes DEST/ablation-MODEL-fp-w8a8-w4a8.png: three 6×6 panels, pixels
-scaled ×2. Standard library only (gzip-free IDX reader, zlib PNG writer).
+scaled ×2. Standard library only (an uncompressed-IDX reader, a zlib PNG writer).
 """
 import os
 import struct

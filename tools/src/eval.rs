@@ -114,12 +114,12 @@ fn parse_crop(s: &str) -> std::result::Result<[usize; 2], String> {
     }
 }
 
-/// `imgs` centre-cropped to `crop` when given.
-fn cropped(imgs: Images, crop: Option<[usize; 2]>) -> Result<Images> {
+/// `imgs` centre-cropped to `crop` when given (borrowed as they are otherwise).
+fn cropped(imgs: &Images, crop: Option<[usize; 2]>) -> Result<std::borrow::Cow<'_, Images>> {
     match crop {
-        None => Ok(imgs),
+        None => Ok(std::borrow::Cow::Borrowed(imgs)),
         Some([h, w]) => match imgs.center_crop(h, w) {
-            Some(c) => Ok(c),
+            Some(c) => Ok(std::borrow::Cow::Owned(c)),
             None => bail!("--crop {h},{w} is larger than the {}×{} images", imgs.h, imgs.w),
         },
     }
@@ -435,7 +435,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 Ok(())
             })?;
         }
-        let scored = cropped(samples.clone(), a.crop)?;
+        let scored = cropped(&samples, a.crop)?;
         let (s, secs) = stats_of(net, &scored, a.threads, "sample features", feat_file("samples").as_deref())?;
         let fid = frechet_distance(&s, &ref_stats)?;
         report.insert(
@@ -457,7 +457,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 Some((sf, _)) => sf,
                 None => {
                     let [c, h, w] = fpg.shape;
-                    let fi = cropped(Images::from_f32(&fpg.x, a.num, c, h, w, range), a.crop)?;
+                    let fi = Images::from_f32(&fpg.x, a.num, c, h, w, range);
+                    let fi = cropped(&fi, a.crop)?;
                     let (sf, _) = stats_of(net, &fi, a.threads, "FP sample features", None)?;
                     if let Some(f) = &file {
                         let mut bytes = Vec::new();
