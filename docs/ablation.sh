@@ -27,8 +27,9 @@ SAMPLER=(--sampler ddim --steps 100 --skip quad --eta 0)
 [ -x "$E" ] || cargo build --release -p edadm-cli
 mkdir -p "$OUT"
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/progress.log"; }
-# `timed OUTPUT.time cmd...`: run, then append its wall time in seconds (one line per part of
-# a resumed run; the table sums them).
+# `timed OUTPUT.time cmd...`: run, then append its wall time in seconds (the table sums the
+# lines; a `resumed` line, written when a quantization continues from its checkpoint, makes it
+# unknown, since the interrupted part never finished to be timed).
 timed() {
   local t=$1; shift
   local s; s=$(date +%s)
@@ -74,7 +75,8 @@ model() { # M
       local q=$OUT/$name.edq
       if [ ! -f "$q" ]; then
         log "quantize $name ($IT iterations per unit)"
-        local resume=(); [ -f "$q.ckpt" ] && resume=(--resume)
+        # A resumed run's first part was not timed: `resumed` marks its wall time unknown.
+        local resume=(); [ -f "$q.ckpt" ] && { resume=(--resume); echo resumed >> "$q.time"; }
         timed "$q.time" $E quantize "$fp" --calib-set "$OUT/$M-calib-$C.safetensors" --wbits "$W" --recon "$R" \
           --iters "$IT" --batch 32 --report "$OUT/rep-$name" "${resume[@]}" -o "$q"
       fi

@@ -35,6 +35,15 @@ def names():
                 yield m, f"{m}-w{w}a8-{c}-{r}", w, c, (r, tag)
 
 
+def wall_time(t):
+    """Seconds of `edadm quantize`, from docs/ablation.sh's OUTPUT.time: one number per run; a
+    `resumed` line marks a run interrupted part-way, whose first part was not timed (None)."""
+    if not os.path.exists(t):
+        return None
+    lines = [l.strip() for l in open(t) if l.strip()]
+    return None if "resumed" in lines else sum(float(l) for l in lines)
+
+
 def measure(name, fp_file):
     """One row from OUT, or None where OUT does not have it."""
     p = os.path.join(out, name + ".json")
@@ -48,7 +57,7 @@ def measure(name, fp_file):
         "crop": j["fid"].get("crop"), "sampler": j["model"]["sampler"],
         "psnr_vs_fp_db": j.get("psnr_vs_fp_db"), "ssim_vs_fp": j.get("ssim_vs_fp"),
         "eps_mse_mean": j.get("eps_mse_mean"),
-        "quantize_s": sum(float(l) for l in open(t) if l.strip()) if os.path.exists(t) else None,
+        "quantize_s": wall_time(t),
         "file_bytes": os.path.getsize(edq) if os.path.exists(edq) else None,
     }
 
