@@ -13,7 +13,6 @@
 //! `(seed, s)`, so a run resumed from a checkpoint takes exactly the steps of an uninterrupted one.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 use candle_core::{Device, Tensor, Var};
@@ -42,29 +41,15 @@ pub struct Images {
 
 impl Images {
     /// Reads an IDX image file (`idx3-ubyte`, e.g. MNIST or Fashion-MNIST), gzip-compressed or
-    /// not.
+    /// not (with the reader `edadm eval` uses).
     pub fn read_idx(path: &Path) -> Result<Images> {
-        let bad = |what: String| QuantError::BadFile { path: path.display().to_string(), what };
-        let raw = std::fs::read(path).map_err(|source| QuantError::Io { path: path.display().to_string(), source })?;
-        let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&raw[..])
-                .read_to_end(&mut out)
-                .map_err(|e| bad(format!("not a readable gzip file: {e}")))?;
-            out
-        } else {
-            raw
-        };
-        if bytes.len() < 16 || bytes[..4] != [0, 0, 8, 3] {
-            return Err(bad("not an IDX image file (magic 0x00000803 expected)".into()));
-        }
-        let dim = |i: usize| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize;
-        let (n, h, w) = (dim(0), dim(1), dim(2));
-        let len = n.checked_mul(h).and_then(|v| v.checked_mul(w)).ok_or_else(|| bad("impossible dimensions".into()))?;
-        if n == 0 || h == 0 || w == 0 || bytes.len() != 16 + len {
-            return Err(bad(format!("{n} images of {h}x{w} need {} bytes, the file has {}", 16 + len, bytes.len())));
-        }
-        Ok(Images { pixels: bytes[16..].to_vec(), n, h, w })
+        use edadm_eval::EvalError;
+        let im = edadm_eval::images::Images::read_idx(path).map_err(|e| match e {
+            EvalError::Io { path, source } => QuantError::Io { path, source },
+            EvalError::BadFile { path, what } => QuantError::BadFile { path, what },
+            EvalError::Invalid(what) => QuantError::BadFile { path: path.display().to_string(), what },
+        })?;
+        Ok(Images { pixels: im.pixels, n: im.n, h: im.h, w: im.w })
     }
 }
 

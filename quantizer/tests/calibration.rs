@@ -9,15 +9,7 @@ use edadm_quantizer::import::Family;
 use edadm_runtime::sampler::{SamplerConfig, SamplerKind, Skip};
 
 fn ddim(steps: usize) -> SamplerConfig {
-    SamplerConfig {
-        kind: SamplerKind::Ddim,
-        steps,
-        skip: Skip::Quad,
-        eta: 0.0,
-        clip_x0: false,
-        seed: 3,
-        first_image: 0,
-    }
+    SamplerConfig { kind: SamplerKind::Ddim, steps, skip: Skip::Quad, eta: 0.0, clip_x0: None, seed: 3, first_image: 0 }
 }
 
 #[test]

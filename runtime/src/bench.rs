@@ -110,7 +110,7 @@ pub fn measure(session: &mut Session<'_>, model_path: Option<&Path>, opts: &Benc
             steps: opts.steps,
             skip: Skip::Uniform,
             eta: 0.0,
-            clip_x0: false,
+            clip_x0: None,
             seed: 0,
             first_image: 0,
         };

@@ -80,7 +80,7 @@ fn sampling_allocates_nothing(model: &Model, threads: usize) {
             (SamplerKind::Plms, 0.0, Skip::Uniform),
             (SamplerKind::DpmSolverPP, 0.0, Skip::Quad),
         ] {
-            let cfg = SamplerConfig { kind, steps: 5, skip, eta, clip_x0: true, seed: 3, first_image: 0 };
+            let cfg = SamplerConfig { kind, steps: 5, skip, eta, clip_x0: Some([-1.0, 1.0]), seed: 3, first_image: 0 };
             let mut sampler = Sampler::new(&schedule, cfg, batch, len).unwrap();
             let mut x = vec![0f32; len];
             noise::initial_noise(3, 0, &mut x, batch);

@@ -112,7 +112,7 @@ pub fn build(model: &Model, path: &std::path::Path, a: &CalibOpts) -> Result<(ca
         steps: a.steps,
         skip: Skip::from_name(&a.skip).expect("clap checked the skip"),
         eta: a.eta,
-        clip_x0: false,
+        clip_x0: None,
         seed: a.seed,
         first_image: 0,
     };
@@ -130,6 +130,9 @@ pub fn build(model: &Model, path: &std::path::Path, a: &CalibOpts) -> Result<(ca
     bar.finish_and_clear();
     let sampled = started.elapsed().as_secs_f64();
     let mut set = calib::select(&tr, method, a.seed)?;
+    if let Some(w) = set.tdac.as_ref().and_then(|s| s.constant_density_warning(a.eps)) {
+        eprintln!("warning: {w}");
+    }
     set.provenance.extend([
         ("model".to_string(), path.display().to_string()),
         ("sampler".into(), format!("{} {} steps, {} skip, eta {}", a.sampler, a.steps, a.skip, a.eta)),

@@ -68,7 +68,7 @@ fn sample(path: &Path, n: usize, steps: usize, threads: usize, seed: u64) -> Res
         steps,
         skip: Skip::Quad,
         eta: 0.0,
-        clip_x0: false,
+        clip_x0: None,
         seed,
         first_image: 0,
     };

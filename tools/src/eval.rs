@@ -14,7 +14,6 @@ use edadm_eval::frechet::{FeatureStats, frechet_distance};
 use edadm_eval::images::Images;
 use edadm_eval::inception::{FEATURES, Inception};
 use edadm_format::graph::Prediction;
-use edadm_format::metadata::keys;
 use edadm_runtime::Result as RtResult;
 use edadm_runtime::sampler::{Denoiser, Sampler, SamplerConfig, SamplerKind, Skip, noise};
 use edadm_runtime::{Model, Session, SessionOptions};
@@ -59,7 +58,7 @@ pub struct EvalArgs {
     /// DDIM η.
     #[arg(long, default_value_t = 0.0)]
     eta: f32,
-    /// DDPM: clip the x₀ estimate.
+    /// DDPM: clip the x₀ estimate to the data range (`--range`).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     clip_x0: bool,
     /// Seed of the noise.
@@ -144,13 +143,14 @@ struct Generated {
     secs: f64,
 }
 
-fn sampler_config(a: &EvalArgs) -> SamplerConfig {
+/// The sampler of `a` for `model` (whose data range the DDPM x₀ clip follows).
+fn sampler_config(a: &EvalArgs, model: &Model) -> SamplerConfig {
     SamplerConfig {
         kind: SamplerKind::from_name(&a.sampler).expect("clap checked the sampler"),
         steps: a.steps,
         skip: Skip::from_name(&a.skip).expect("clap checked the skip"),
         eta: a.eta,
-        clip_x0: a.clip_x0,
+        clip_x0: a.clip_x0.then(|| crate::sample::data_range(model, a.range)),
         seed: a.seed,
         first_image: 0,
     }
@@ -165,7 +165,7 @@ fn generate(path: &Path, a: &EvalArgs, n: usize, what: &str) -> Result<Generated
         .with_context(|| format!("cannot run {}", path.display()))?;
     let len = s.sample_len();
     let per = len / batch;
-    let mut sampler = Sampler::new(&schedule, sampler_config(a), batch, len)?;
+    let mut sampler = Sampler::new(&schedule, sampler_config(a, &model), batch, len)?;
     let chunks = n.div_ceil(batch);
     let b = bar(chunks * sampler.num_steps(), what);
     let mut all = vec![0f32; n * per];
@@ -227,7 +227,7 @@ fn eps_mse(fp_path: &Path, q_path: &Path, a: &EvalArgs, n: usize) -> Result<Vec<
         bail!("{} and {} take samples of different shapes", fp_path.display(), q_path.display());
     }
     let len = sf.sample_len();
-    let mut sampler = Sampler::new(&schedule, sampler_config(a), batch, len)?;
+    let mut sampler = Sampler::new(&schedule, sampler_config(a, &fp), batch, len)?;
     let chunks = n.div_ceil(batch);
     let b = bar(chunks * sampler.num_steps(), "ε-MSE (FP and model in lockstep)");
     let mut sum = vec![0f64; sampler.model_calls()];
@@ -307,10 +307,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             return Ok(r);
         }
         let m = Model::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(match m.metadata().get_f64_array(keys::MODEL_DATA_RANGE) {
-            Some([lo, hi]) if hi > lo => [*lo as f32, *hi as f32],
-            _ => [-1.0, 1.0],
-        })
+        Ok(crate::sample::data_range(&m, None))
     };
     let sampler_desc = format!("{} {} steps ({} skip, eta {}), seed {}", a.sampler, a.steps, a.skip, a.eta, a.seed);
     let (samples, generated, range) = if let Some(p) = &a.samples {
@@ -337,11 +334,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     // The FP model's samples from the same noise (cached: every row of a table shares them).
     let fp = if let Some(fp_path) = &a.fp {
         let key = cache::hash_str(&format!(
-            "fp-samples v1 {} {} n={} batch-independent {:?}",
+            "fp-samples v1 {} {} n={} batch-independent {}",
             cache::hash_path(fp_path)?,
             sampler_desc,
             a.num,
-            a.clip_x0
+            // `false` keeps the keys of the sets cached before the clip followed the data range.
+            if a.clip_x0 { format!("clip-x0 to the data range {:?}", a.range) } else { "false".into() }
         ));
         let file = cache_dir.as_ref().map(|d| d.join(format!("fp-samples-{}.safetensors", &key[..24])));
         let cached = file.as_ref().filter(|f| f.is_file()).and_then(|f| cache::load_f32_tensor(f).ok());

@@ -39,7 +39,7 @@ pub struct SampleArgs {
     /// Threads per evaluation (the caller and N − 1 workers; results do not depend on it).
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// DDPM: clip the x₀ estimate to the data range.
+    /// DDPM: clip the x₀ estimate to the data range (`--range`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     clip_x0: bool,
     /// Data range mapped to black and white, `LO,HI` (default: the model's `model.data_range`,
@@ -67,6 +67,15 @@ pub(crate) fn parse_range(s: &str) -> Result<[f32; 2], String> {
     Ok([lo, hi])
 }
 
+/// The data range of `model`'s samples: `over` when given, else its `model.data_range`, else
+/// [−1, 1].
+pub(crate) fn data_range(model: &Model, over: Option<[f32; 2]>) -> [f32; 2] {
+    over.unwrap_or(match model.metadata().get_f64_array(keys::MODEL_DATA_RANGE) {
+        Some([lo, hi]) if hi > lo => [*lo as f32, *hi as f32],
+        _ => [-1.0, 1.0],
+    })
+}
+
 pub fn run(a: SampleArgs) -> Result<()> {
     if a.num == 0 {
         bail!("-n must be at least 1");
@@ -86,12 +95,13 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let mut session = Session::new(&model, &SessionOptions { threads: a.threads, ..SessionOptions::batch(batch) })
         .with_context(|| format!("cannot run {}", a.model.display()))?;
     let kind = SamplerKind::from_name(&a.sampler).expect("clap checked the sampler");
+    let range = data_range(&model, a.range);
     let cfg = SamplerConfig {
         kind,
         steps: a.steps,
         skip: Skip::from_name(&a.skip).expect("clap checked the skip"),
         eta: a.eta,
-        clip_x0: a.clip_x0,
+        clip_x0: a.clip_x0.then_some(range),
         seed: a.seed,
         first_image: 0,
     };
@@ -122,10 +132,6 @@ pub fn run(a: SampleArgs) -> Result<()> {
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let [c, h, w] = session.sample_shape();
-    let range = a.range.unwrap_or(match model.metadata().get_f64_array(keys::MODEL_DATA_RANGE) {
-        Some([lo, hi]) if hi > lo => [*lo as f32, *hi as f32],
-        _ => [-1.0, 1.0],
-    });
     png_grid(&a.output, &all, a.num, c, h, w, range, a.scale)?;
     if let Some(raw) = &a.raw {
         npy(raw, &all, &[a.num, c, h, w])?;

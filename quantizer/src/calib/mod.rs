@@ -160,6 +160,7 @@ pub fn save(set: &CalibSet, path: &Path) -> Result<()> {
         owned.push(("tdac.variety_scaled".into(), Dtype::F64, vec![t], f64_bytes(&s.variety_scaled)));
         owned.push(("tdac.score".into(), Dtype::F64, vec![t], f64_bytes(&s.score)));
         owned.push(("tdac.counts".into(), Dtype::U32, vec![t], u32_bytes(&counts)));
+        owned.push(("tdac.pair_mse".into(), Dtype::F64, vec![3], f64_bytes(&s.pair_mse)));
     }
     let views: Vec<(String, TensorView<'_>)> = owned
         .iter()
@@ -228,6 +229,15 @@ pub fn load(path: &Path) -> Result<CalibSet> {
             variety_scaled: f64s(per("tdac.variety_scaled", Dtype::F64)?.data()),
             score: f64s(per("tdac.score", Dtype::F64)?.data()),
             counts: u32s(per("tdac.counts", Dtype::U32)?.data()).into_iter().map(|c| c as usize).collect(),
+            // Absent from sets written before it was kept.
+            pair_mse: match st.tensor("tdac.pair_mse") {
+                Ok(v) if v.dtype() == Dtype::F64 && v.shape() == [3] => {
+                    let m = f64s(v.data());
+                    [m[0], m[1], m[2]]
+                }
+                Ok(_) => return Err(bad("`tdac.pair_mse` must be F64 [3]".into())),
+                Err(_) => [f64::NAN; 3],
+            },
         })
     } else {
         None

@@ -54,6 +54,33 @@ pub struct TdacScores {
     pub score: Vec<f64>,
     /// Samples per step, summing to the calibration size.
     pub counts: Vec<usize>,
+    /// Minimum, median and maximum over all step pairs of the mean squared feature distance —
+    /// the quantity `--eps` thresholds (NaN when read from a set written before it was kept).
+    pub pair_mse: [f64; 3],
+}
+
+impl TdacScores {
+    /// When the density is the same at every step (every pair within ε, or none), its scaled
+    /// score is zero everywhere and the selection follows the variety alone — silently, in the
+    /// official code (which divides by zero there). Returns a one-line warning that says so and
+    /// suggests an ε inside the measured distances; `None` when the density discriminates.
+    pub fn constant_density_warning(&self, eps: f64) -> Option<String> {
+        let d0 = *self.density.first()?;
+        if self.density.len() < 2 || self.density.iter().any(|&d| d != d0) {
+            return None;
+        }
+        let [lo, med, hi] = self.pair_mse;
+        let range = if lo.is_finite() {
+            format!(
+                "; the step pairs' mean squared feature distance spans {lo:.3e} .. {hi:.3e}, median {med:.3e}: --eps {med:.3e} splits them"
+            )
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "TDAC density is {d0} at every step with --eps {eps}, so it does not weigh the steps and the selection follows the variety alone{range}"
+        ))
+    }
 }
 
 /// The feature maps of every step: `steps` tensors of `[images, channels, positions]`.
@@ -72,8 +99,9 @@ pub struct Features<'a> {
 /// `eps` of `nn.CosineSimilarity`: each vector's norm is clamped to at least this.
 const COS_EPS: f64 = 1e-6;
 
-/// Density and variety of every step (both symmetric, so one pass over the unordered pairs).
-pub fn density_variety(f: &Features<'_>, eps: f64) -> (Vec<u32>, Vec<f64>) {
+/// Density and variety of every step (both symmetric, so one pass over the unordered pairs), and
+/// the minimum, median and maximum of the pairs' mean squared distance (NaN with one step).
+pub fn density_variety(f: &Features<'_>, eps: f64) -> (Vec<u32>, Vec<f64>, [f64; 3]) {
     let t = f.maps.len();
     let len = f.images * f.channels * f.positions;
     assert!(f.maps.iter().all(|m| m.len() == len), "every feature map must be images·channels·positions long");
@@ -97,7 +125,13 @@ pub fn density_variety(f: &Features<'_>, eps: f64) -> (Vec<u32>, Vec<f64>) {
         variety[k] += v;
         variety[j] += v;
     }
-    (density, variety)
+    let mut mses: Vec<f64> = results.iter().map(|r| r.0).collect();
+    mses.sort_by(f64::total_cmp);
+    let pair_mse = match mses.len() {
+        0 => [f64::NAN; 3],
+        m => [mses[0], mses[m / 2], mses[m - 1]],
+    };
+    (density, variety, pair_mse)
 }
 
 fn rayon_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
@@ -196,13 +230,13 @@ pub fn counts_from_scores(score: &[f64], n: usize) -> Vec<usize> {
 
 /// TDAC's scores and counts for `n` samples.
 pub fn tdac(f: &Features<'_>, lambda: f64, eps: f64, n: usize) -> TdacScores {
-    let (density, variety) = density_variety(f, eps);
+    let (density, variety, pair_mse) = density_variety(f, eps);
     let dd: Vec<f64> = density.iter().map(|&d| f64::from(d)).collect();
     let density_scaled = min_max_scale(&dd);
     let variety_scaled = min_max_scale(&variety);
     let score: Vec<f64> = density_scaled.iter().zip(&variety_scaled).map(|(d, v)| d + lambda * v).collect();
     let counts = counts_from_scores(&score, n);
-    TdacScores { density, variety, density_scaled, variety_scaled, score, counts }
+    TdacScores { density, variety, density_scaled, variety_scaled, score, counts, pair_mse }
 }
 
 /// Step indices with `counts[k]` copies of `k`, randomly permuted: entry `j` is the step of
@@ -262,11 +296,12 @@ mod tests {
         let maps = vec![vec![1.0, 0.0, 0.0, 1.0], vec![1.0, 0.0, 0.0, 2.0], vec![0.0, 3.0, 3.0, 0.0]];
         let f = Features { maps: &maps, images: 1, channels: 2, positions: 2 };
         // mse(F0,F1) = (0+0+0+1)/4 = 0.25; mse(F0,F2) = (1+9+9+1)/4 = 5; mse(F1,F2) = (1+9+9+4)/4 = 5.75.
-        let (d, v) = density_variety(&f, 3.0);
+        let (d, v, mse) = density_variety(&f, 3.0);
         assert_eq!(d, vec![1, 1, 0]);
+        assert_eq!(mse, [0.25, 5.0, 5.75]);
         // 1 − cos: F0/F1 → 0 at both positions; F0/F2 and F1/F2 → 1 at both positions.
         assert_eq!(v, vec![2.0, 2.0, 4.0]);
-        let (d, _) = density_variety(&f, 5.0); // inclusive threshold
+        let (d, _, _) = density_variety(&f, 5.0); // inclusive threshold
         assert_eq!(d, vec![2, 1, 1]);
     }
 
@@ -280,6 +315,20 @@ mod tests {
         assert_eq!(s.score, vec![1.0, 1.0, 1.2]);
         // 10·(1, 1, 1.2)/3.2 = 3.125, 3.125, 3.75 → 3, 3, 4 (sum 10, no fix-up).
         assert_eq!(s.counts, vec![3, 3, 4]);
+        assert_eq!(s.constant_density_warning(3.0), None, "density 1, 1, 0 discriminates");
+    }
+
+    #[test]
+    fn a_constant_density_is_reported_with_an_eps_inside_the_distances() {
+        let maps = vec![vec![1.0, 0.0, 0.0, 1.0], vec![1.0, 0.0, 0.0, 2.0], vec![0.0, 3.0, 3.0, 0.0]];
+        let f = Features { maps: &maps, images: 1, channels: 2, positions: 2 };
+        for eps in [0.1, 10.0] {
+            // ε below every distance (density 0, 0, 0) or above all of them (2, 2, 2).
+            let s = tdac(&f, 1.2, eps, 10);
+            assert_eq!(s.density_scaled, vec![0.0; 3]);
+            let w = s.constant_density_warning(eps).expect("a constant density is reported");
+            assert!(w.contains(&format!("--eps {eps}")) && w.contains("--eps 5.000e0"), "{w}");
+        }
     }
 
     #[test]

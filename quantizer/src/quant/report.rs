@@ -134,6 +134,7 @@ pub fn write(dir: &Path, calib: &CalibSet, run: &RunReport, settings: serde_json
                 "variety_scaled": t.variety_scaled,
                 "score": t.score,
                 "counts": t.counts,
+                "pair_mse_min_median_max": t.pair_mse,
             })),
         },
         "run": run,

@@ -98,8 +98,9 @@ pub struct SamplerConfig {
     pub skip: Skip,
     /// DDIM η (0: deterministic).
     pub eta: f32,
-    /// Clip the x₀ estimate to [−1, 1] (DDPM).
-    pub clip_x0: bool,
+    /// DDPM: clip the x₀ estimate to this range (the model's data range: [−1, 1] for most
+    /// models, [0, 1] for mnist-unet); `None` leaves it as predicted.
+    pub clip_x0: Option<[f32; 2]>,
     /// Seed of the noise added during sampling (see [`noise`]).
     pub seed: u64,
     /// Index of the batch's first image in the noise streams.
@@ -109,7 +110,7 @@ pub struct SamplerConfig {
 impl SamplerConfig {
     /// DDIM, η = 0, with the given steps and skip.
     pub fn ddim(steps: usize, skip: Skip) -> Self {
-        SamplerConfig { kind: SamplerKind::Ddim, steps, skip, eta: 0.0, clip_x0: false, seed: 0, first_image: 0 }
+        SamplerConfig { kind: SamplerKind::Ddim, steps, skip, eta: 0.0, clip_x0: None, seed: 0, first_image: 0 }
     }
 }
 
@@ -289,8 +290,8 @@ impl Sampler {
         }
         for (j, xv) in x.iter_mut().enumerate() {
             let mut x0 = r_at * *xv - r_at1 * self.eps[j];
-            if self.cfg.clip_x0 {
-                x0 = x0.clamp(-1.0, 1.0);
+            if let Some([lo, hi]) = self.cfg.clip_x0 {
+                x0 = x0.clamp(lo, hi);
             }
             let z = if sigma > 0.0 { self.noise[j] } else { 0.0 };
             *xv = c_x0 * x0 + c_x * *xv + sigma * z;

@@ -45,7 +45,7 @@ fn toy(prediction: Prediction) -> (Toy, Schedule) {
 
 fn run(kind: SamplerKind, steps: usize, prediction: Prediction) -> (f32, usize) {
     let (mut d, s) = toy(prediction);
-    let cfg = SamplerConfig { kind, steps, skip: Skip::Uniform, eta: 0.0, clip_x0: false, seed: 0, first_image: 0 };
+    let cfg = SamplerConfig { kind, steps, skip: Skip::Uniform, eta: 0.0, clip_x0: None, seed: 0, first_image: 0 };
     let mut sampler = Sampler::new(&s, cfg, 2, 6).unwrap();
     let mut x = vec![1.0f32; 6];
     let mut seen = Vec::new();
@@ -110,7 +110,8 @@ fn ddpm_matches_the_posterior_formula_with_its_own_noise() {
         steps: 4,
         skip: Skip::Uniform,
         eta: 0.0,
-        clip_x0: true,
+        // An asymmetric range: the clip follows the model's data range, not a fixed [−1, 1].
+        clip_x0: Some([-0.5, 1.0]),
         seed: 5,
         first_image: 3,
     };
@@ -121,6 +122,7 @@ fn ddpm_matches_the_posterior_formula_with_its_own_noise() {
     // Independent f64 recomputation: β̃ = 1 − ᾱ_t/ᾱ_next, x₀ clipped, posterior mean, σ = √β̃
     // except at t = 0. For t = 3 → 2 the coefficients are 0.40706970984630386,
     // 0.5507453382221557 and σ = 0.6324555320336759 (Python).
+    let mut clipped = 0;
     for (step, t) in [3i64, 2, 1, 0].into_iter().enumerate() {
         let (at, an) = (s.alpha_bar(t), s.alpha_bar(t - 1));
         let beta = 1.0 - at / an;
@@ -132,11 +134,14 @@ fn ddpm_matches_the_posterior_formula_with_its_own_noise() {
         noise::step_noise(5, step, 3, &mut z, 2);
         for (w, &zv) in want.iter_mut().zip(&z) {
             let e = 0.5 * *w + 0.1;
-            let x0 = ((1.0 / at).sqrt() * *w - (1.0 / at - 1.0).sqrt() * e).clamp(-1.0, 1.0);
+            let raw = (1.0 / at).sqrt() * *w - (1.0 / at - 1.0).sqrt() * e;
+            let x0 = raw.clamp(-0.5, 1.0);
+            clipped += usize::from(x0 != raw);
             let sigma = if t == 0 { 0.0 } else { beta.sqrt() };
             *w = cx0 * x0 + cx * *w + sigma * f64::from(zv);
         }
     }
+    assert!(clipped > 0, "the test must exercise the clip");
     for (g, w) in x.iter().zip(&want) {
         assert!((f64::from(*g) - w).abs() < 1e-5, "{g} vs {w}");
     }
