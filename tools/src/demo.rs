@@ -7,7 +7,6 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use edadm_format::metadata::keys;
 use edadm_runtime::sampler::{Sampler, SamplerConfig, SamplerKind, Skip, noise};
 use edadm_runtime::{Model, Session, SessionOptions};
 
@@ -154,10 +153,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let (fp, fp_ms) = sample(&model, a.num, a.steps, a.threads, a.seed)?;
     let (int, int_ms) = sample(&q, a.num, a.steps, a.threads, a.seed)?;
     let [c, h, w] = fm.sample_shape();
-    let range = match fm.metadata().get_f64_array(keys::MODEL_DATA_RANGE) {
-        Some([lo, hi]) if hi > lo => [*lo as f32, *hi as f32],
-        _ => [-1.0, 1.0],
-    };
+    let range = crate::sample::data_range(&fm, None);
     // PSNR of the integer runtime's images against the f32 ones, pixels in [0, 1].
     let to01 = |v: f32| ((v - range[0]) / (range[1] - range[0])).clamp(0.0, 1.0);
     let mse = fp.iter().zip(&int).map(|(a, b)| f64::from(to01(*a) - to01(*b)).powi(2)).sum::<f64>() / fp.len() as f64;
