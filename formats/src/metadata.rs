@@ -174,6 +174,8 @@ pub mod keys {
     pub const QUANT_SPLIT: &str = "quant.split";
     /// Seed of the quantization run.
     pub const QUANT_SEED: &str = "quant.seed";
+    /// Activation range initialisation: `mse`, `mse-asym`, `minmax`, `percentile P`.
+    pub const QUANT_ACT_INIT: &str = "quant.act_init";
     /// Calibration samples N.
     pub const CALIB_SAMPLES: &str = "calib.samples";
     /// Sampler of the calibration trajectories: `ddim`, `ddpm`, `plms`, `dpm-solver++`.
@@ -214,6 +216,7 @@ pub mod keys {
         (QUANT_LR_A, MetaType::F64),
         (QUANT_SPLIT, MetaType::Bool),
         (QUANT_SEED, MetaType::U64),
+        (QUANT_ACT_INIT, MetaType::Str),
         (CALIB_SAMPLES, MetaType::U64),
         (CALIB_SAMPLER, MetaType::Str),
         (CALIB_STEPS, MetaType::U64),

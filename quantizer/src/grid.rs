@@ -238,28 +238,131 @@ pub fn search_weights(w: &[f32], channels: usize, bits: u32) -> Vec<Grid> {
     w.par_chunks_exact(w.len() / channels).map(|row| search_channel(row, bits)).collect()
 }
 
-/// An activation quantizer's initialisation state: the side fixed by the first batch, and the
-/// exponential moving average of the searched ranges (`update_quantize_range`: the first batch
-/// sets it, each later one moves it by 0.1).
+/// How an activation quantizer's range is initialised from the calibration batches
+/// (`--act-init`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum ActInit {
+    /// The official code (METHOD.md §2.3): per batch the L2.4 search over symmetric candidates
+    /// `[−thr, thr]` (one-sided tensors `[0, thr]`), folded into an EMA (first batch, then 0.1).
+    #[default]
+    Mse,
+    /// The L2.4 search over candidates that scale both ends, `[α·min, α·max]`, α = i/100, with the
+    /// official EMA: a tensor living in `[−0.28, 6]` (SiLU) keeps all 256 levels for its range
+    /// instead of spending half of them on `[−6, −0.28]`.
+    MseAsym,
+    /// The smallest and largest value over all batches (ONNX Runtime's `MinMax` calibration).
+    MinMax,
+    /// Per batch the lower and upper percentile (`p` and `100 − p`), averaged over the batches.
+    Percentile(f32),
+}
+
+impl ActInit {
+    /// The command-line name.
+    pub fn name(self) -> String {
+        match self {
+            ActInit::Mse => "mse".into(),
+            ActInit::MseAsym => "mse-asym".into(),
+            ActInit::MinMax => "minmax".into(),
+            ActInit::Percentile(p) => format!("percentile {p}"),
+        }
+    }
+}
+
+/// The value at quantile `q` (0..=1) of `x`: the element of rank `round(q·(n − 1))`.
+pub fn quantile(x: &[f32], q: f64) -> f32 {
+    if x.is_empty() {
+        return 0.0;
+    }
+    let mut v: Vec<f32> = x.iter().copied().filter(|v| !v.is_nan()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    let k = ((q.clamp(0.0, 1.0) * (v.len() - 1) as f64).round() as usize).min(v.len() - 1);
+    *v.select_nth_unstable_by(k, f32::total_cmp).1
+}
+
+/// The L2.4 search over candidate ranges `[α·lo, α·hi]`, `α = i/100`, `(lo, hi)` the tensor's
+/// minimum and maximum (both ends scaled together).
+pub fn search_tensor_asym(x: &[f32], bits: u32) -> (f32, f32) {
+    let (lo, hi) = min_max(x);
+    if x.is_empty() || !lo.is_finite() || !hi.is_finite() {
+        return (0.0, 0.0);
+    }
+    let cands: Vec<(f32, f32)> = (1..=SEARCH_STEPS)
+        .map(|i| {
+            let a = i as f32 / SEARCH_STEPS as f32;
+            (lo * a, hi * a)
+        })
+        .collect();
+    let scores: Vec<f64> = if x.len() >= 1 << 14 {
+        use rayon::prelude::*;
+        cands.par_iter().map(|&(mn, mx)| lp_score(x, &Grid::from_range(mn, mx, bits))).collect()
+    } else {
+        cands.iter().map(|&(mn, mx)| lp_score(x, &Grid::from_range(mn, mx, bits))).collect()
+    };
+    let mut best = (f64::INFINITY, (lo, hi));
+    for (&c, &score) in cands.iter().zip(&scores) {
+        if score < best.0 {
+            best = (score, c);
+        }
+    }
+    best.1
+}
+
+/// An activation quantizer's initialisation state: the side fixed by the first batch and the
+/// range folded over batches as [`ActInit`] says — the official exponential moving average of
+/// the searched ranges (`update_quantize_range`: the first batch sets it, each later one moves
+/// it by 0.1), the running extremes, or the running mean of percentiles.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ActRange {
     bits: u32,
+    init: ActInit,
     side: Option<Side>,
     range: Option<(f32, f32)>,
+    batches: u32,
 }
 
 impl ActRange {
-    /// A quantizer with `bits` bits that has seen nothing.
+    /// A quantizer with `bits` bits initialised by the official search that has seen nothing.
     pub fn new(bits: u32) -> Self {
-        ActRange { bits, side: None, range: None }
+        Self::with_init(bits, ActInit::Mse)
     }
 
-    /// Searches this batch's best range and folds it into the average.
+    /// A quantizer with `bits` bits initialised by `init` that has seen nothing.
+    pub fn with_init(bits: u32, init: ActInit) -> Self {
+        ActRange { bits, init, side: None, range: None, batches: 0 }
+    }
+
+    /// Folds this batch into the range.
     pub fn observe(&mut self, x: &[f32]) {
         let side = *self.side.get_or_insert_with(|| Side::of(x));
-        let (mn, mx) = search_tensor(x, self.bits, side);
-        let (rmn, rmx) = self.range.unwrap_or((mn, mx));
-        self.range = Some((0.1 * mn + 0.9 * rmn, 0.1 * mx + 0.9 * rmx));
+        let ema = |r: Option<(f32, f32)>, (mn, mx): (f32, f32)| {
+            let (rmn, rmx) = r.unwrap_or((mn, mx));
+            (0.1 * mn + 0.9 * rmn, 0.1 * mx + 0.9 * rmx)
+        };
+        let next = match self.init {
+            ActInit::Mse => ema(self.range, search_tensor(x, self.bits, side)),
+            ActInit::MseAsym => ema(self.range, search_tensor_asym(x, self.bits)),
+            ActInit::MinMax => {
+                let (mn, mx) = min_max(x);
+                let (mn, mx) = if mn.is_finite() && mx.is_finite() { (mn, mx) } else { (0.0, 0.0) };
+                match self.range {
+                    Some((rmn, rmx)) => (rmn.min(mn), rmx.max(mx)),
+                    None => (mn, mx),
+                }
+            }
+            ActInit::Percentile(p) => {
+                let q = f64::from(p.clamp(50.0, 100.0)) / 100.0;
+                let (mn, mx) = (quantile(x, 1.0 - q), quantile(x, q));
+                let n = self.batches as f32;
+                match self.range {
+                    Some((rmn, rmx)) => ((rmn * n + mn) / (n + 1.0), (rmx * n + mx) / (n + 1.0)),
+                    None => (mn, mx),
+                }
+            }
+        };
+        self.range = Some(next);
+        self.batches += 1;
     }
 
     /// The side, once a batch was seen.
@@ -267,7 +370,7 @@ impl ActRange {
         self.side
     }
 
-    /// The grid of the averaged range; `None` before the first batch.
+    /// The grid of the folded range; `None` before the first batch.
     pub fn grid(&self) -> Option<Grid> {
         self.range.map(|(mn, mx)| Grid::from_range(mn, mx, self.bits))
     }
@@ -376,6 +479,36 @@ mod tests {
         for (row, g) in w.chunks(64).zip(&g) {
             assert!(row.iter().all(|&v| (-8..=7).contains(&g.int(v))));
         }
+    }
+
+    #[test]
+    fn minmax_percentile_and_asymmetric_search_ranges() {
+        let b1: Vec<f32> = (0..=1000).map(|i| -0.25 + 6.25 * i as f32 / 1000.0).collect(); // [-0.25, 6]
+        let b2: Vec<f32> = b1.iter().map(|v| v * 2.0).collect(); // [-0.5, 12]
+        let mut m = ActRange::with_init(8, ActInit::MinMax);
+        m.observe(&b1);
+        m.observe(&b2);
+        assert_eq!(m.grid(), Some(Grid::from_range(-0.5, 12.0, 8)));
+        // Asymmetric: zp near 0.25/Δ instead of 128, all levels over [-0.5, 12].
+        let g = m.grid().unwrap();
+        assert_eq!(g.zero_point, 10.0);
+        // Percentile 90 of a uniform ramp 0..=1000: ranks 100 and 900; a second batch ×2 averages.
+        let r: Vec<f32> = (0..=1000).map(|i| i as f32).collect();
+        let r2: Vec<f32> = r.iter().map(|v| v * 2.0).collect();
+        assert_eq!((quantile(&r, 0.1), quantile(&r, 0.9)), (100.0, 900.0));
+        let mut p = ActRange::with_init(8, ActInit::Percentile(90.0));
+        p.observe(&r);
+        p.observe(&r2);
+        assert_eq!(p.grid(), Some(Grid::from_range(150.0, 1350.0, 8)));
+        // The asymmetric search keeps the whole of a uniform [-0.25, 6] at 8 bits (clipping
+        // costs more than it saves), where the symmetric one spans [-6, 6].
+        assert_eq!(search_tensor_asym(&b1, 8), (-0.25, 6.0));
+        assert_eq!(search_tensor(&b1, 8, Side::Two), (-6.0, 6.0));
+        let mut a = ActRange::with_init(8, ActInit::MseAsym);
+        a.observe(&b1);
+        let (got, want) = (a.grid().unwrap(), Grid::from_range(-0.25, 6.0, 8));
+        assert!((got.delta - want.delta).abs() < 1e-6 && got.zero_point == want.zero_point, "{got:?}");
+        assert!(a.grid().unwrap().delta < 0.55 * Grid::from_range(-6.0, 6.0, 8).delta);
     }
 
     #[test]

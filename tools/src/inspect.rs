@@ -168,6 +168,24 @@ pub fn quant_summary(q: &Option<NodeQuant>) -> String {
     }
 }
 
+/// The activation quantizers of a record as JSON: per input group of a weighted node
+/// (`null` for an f32 input), or q/k/v/prob of an attention node.
+fn act_quant_json(q: &Option<NodeQuant>) -> Value {
+    let one = |a: &edadm_format::graph::ActQuant| json!({"delta": a.delta, "zero_point": a.zero_point, "bits": a.bits});
+    match q {
+        None => Value::Null,
+        Some(NodeQuant::Weight(w)) => Value::Array(
+            w.groups
+                .iter()
+                .map(|g| json!({"channel_start": g.channel_start, "input": g.input.as_ref().map(one)}))
+                .collect(),
+        ),
+        Some(NodeQuant::Attention(a)) => {
+            json!({"q": one(&a.q), "k": one(&a.k), "v": one(&a.v), "prob": one(&a.prob)})
+        }
+    }
+}
+
 fn size_by_dtype<B: AsRef<[u8]>>(f: &ModelFile<B>) -> BTreeMap<DType, (usize, u64)> {
     let mut m: BTreeMap<DType, (usize, u64)> = BTreeMap::new();
     for t in f.tensors() {
@@ -304,6 +322,7 @@ pub fn json<B: AsRef<[u8]>>(f: &ModelFile<B>, path: &str) -> Value {
                 "output": n.output.0,
                 "quant": quant_summary(&n.quant),
                 "weight_bits": match &n.quant { Some(NodeQuant::Weight(w)) => json!(w.weight_bits), _ => Value::Null },
+                "act_quant": act_quant_json(&n.quant),
                 "unit": n.unit.map(|u| u.0),
                 "tensors": n.op.tensor_refs().iter().map(|(role, t)| json!({"role": role, "tensor": t.0})).collect::<Vec<_>>(),
             })

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use edadm_format::MetaValue;
 use edadm_format::metadata::keys;
 use edadm_quantizer::calib::{self, CalibSet};
+use edadm_quantizer::grid::ActInit;
 use edadm_quantizer::net::Net;
 use edadm_quantizer::quant::{self, Event, QuantizeConfig, Recon, ReconConfig, Structure};
 use edadm_runtime::Model;
@@ -53,6 +54,15 @@ pub struct QuantizeArgs {
     /// Calibration samples held out to validate each unit (default: an eighth, at least 8).
     #[arg(long)]
     holdout: Option<usize>,
+    /// Activation range initialisation: the official L2.4 search over symmetric ranges (`mse`),
+    /// the same search scaling both ends of [min, max] (`mse-asym`), the extremes over the
+    /// calibration set (`minmax`, ONNX Runtime's default), or averaged per-batch percentiles
+    /// (`percentile`, see --act-percentile).
+    #[arg(long, default_value = "mse", value_parser = ["mse", "mse-asym", "minmax", "percentile"])]
+    act_init: String,
+    /// The percentile of `--act-init percentile` (the range is [P(100 − p), P(p)]).
+    #[arg(long, default_value_t = 99.99)]
+    act_percentile: f32,
     /// Q-Diffusion's split of the skip convolution on decoder concatenations (official: on).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     split: bool,
@@ -68,6 +78,21 @@ pub struct QuantizeArgs {
     /// Continue from the checkpoint of an interrupted run with the same options.
     #[arg(long)]
     resume: bool,
+    /// Also measure where the error comes from and write the ranked tables here: every
+    /// activation quantizer and every layer's weights quantized alone (final-image PSNR and ε-MSE
+    /// per step against FP from the same noise), and the whole model quantized at one step only.
+    #[arg(long)]
+    sensitivity: Option<PathBuf>,
+    /// Images of the sensitivity analysis.
+    #[arg(long, default_value_t = 16)]
+    sens_images: usize,
+    /// Sampler steps of the sensitivity analysis (the sampler, skip and η are the calibration
+    /// options').
+    #[arg(long, default_value_t = 20)]
+    sens_steps: usize,
+    /// Quantizers shown in the sensitivity chart.
+    #[arg(long, default_value_t = 30)]
+    sens_top: usize,
     /// Output file.
     #[arg(short, long)]
     output: PathBuf,
@@ -119,6 +144,18 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         {
             bail!("{name} must be finite and positive");
         }
+    }
+    if !(a.act_percentile.is_finite() && a.act_percentile > 50.0 && a.act_percentile <= 100.0) {
+        bail!("--act-percentile {}: must lie in (50, 100]", a.act_percentile);
+    }
+    let act_init = match a.act_init.as_str() {
+        "mse" => ActInit::Mse,
+        "mse-asym" => ActInit::MseAsym,
+        "minmax" => ActInit::MinMax,
+        _ => ActInit::Percentile(a.act_percentile),
+    };
+    if a.sensitivity.is_some() && (a.sens_images == 0 || a.sens_steps == 0) {
+        bail!("--sens-images and --sens-steps must be at least 1");
     }
     if a.output.extension().and_then(|e| e.to_str()) != Some("edq") {
         bail!("{}: the output must be an .edq file", a.output.display());
@@ -175,6 +212,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         init_samples: 256,
         init_batch: 64,
         chunk: 32,
+        act_init,
     };
     let ckpt = a.checkpoint.clone().unwrap_or_else(|| {
         let mut p = a.output.clone().into_os_string();
@@ -231,6 +269,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         (keys::QUANT_ACT_BITS.into(), MetaValue::U64(u64::from(a.abits))),
         (keys::QUANT_SPLIT.into(), MetaValue::Bool(a.split)),
         (keys::QUANT_SEED.into(), MetaValue::U64(cfg.seed)),
+        (keys::QUANT_ACT_INIT.into(), MetaValue::Str(act_init.name())),
         (keys::CALIB_SAMPLES.into(), MetaValue::U64(n as u64)),
         (keys::CALIB_SHA256.into(), MetaValue::Str(sha)),
     ];
@@ -263,6 +302,9 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         quant::report::write(dir, &set, r, settings)?;
     }
     let _ = std::fs::remove_file(&ckpt);
+    if let Some(dir) = &a.sensitivity {
+        sensitivity(&model, &net, &out.model, &a, dir)?;
+    }
     let kept = r.units.iter().filter(|u| u.kept).count();
     println!(
         "wrote {} ({:.1} MiB, W{}A{} {}+{}): ε-MSE vs FP on {} samples {:.4e} (initialisation only {:.4e}){}; \
@@ -279,6 +321,48 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         if r.reverted_to_init { " — reconstruction was worse overall, the initialised model was kept" } else { "" },
         kept,
         r.units.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn sensitivity(model: &Model, net: &Net, q: &quant::QModel, a: &QuantizeArgs, dir: &std::path::Path) -> Result<()> {
+    use edadm_runtime::sampler::{SamplerConfig, SamplerKind, Skip};
+    let cfg = quant::sensitivity::SensitivityConfig {
+        sampler: SamplerConfig {
+            kind: SamplerKind::from_name(&a.calib.sampler).expect("clap checked the sampler"),
+            steps: a.sens_steps,
+            skip: Skip::from_name(&a.calib.skip).expect("clap checked the skip"),
+            eta: a.calib.eta,
+            clip_x0: None,
+            seed: 0,
+            first_image: 0,
+        },
+        images: a.sens_images,
+        range: crate::sample::data_range(model, None),
+    };
+    let started = Instant::now();
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} sensitivity [{bar:30}] {pos}/{len} sampling runs, {eta} left",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let s = quant::sensitivity::analyse(net, q, &model.schedule()?, &cfg, &mut |d, n| {
+        bar.set_length(n as u64);
+        bar.set_position(d as u64);
+    })?;
+    bar.finish_and_clear();
+    quant::sensitivity::write(dir, &s, a.sens_top)?;
+    let worst: Vec<String> = s.quantizers.iter().take(3).map(|v| format!("{} {:.1} dB", v.name, v.psnr_db)).collect();
+    println!(
+        "sensitivity: whole model {:.2} dB vs FP over {} images × {} steps; most harmful alone: {}; {} ({:.1} s)",
+        s.full.psnr_db,
+        a.sens_images,
+        a.sens_steps,
+        worst.join(", "),
+        dir.join("sensitivity.md").display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -55,6 +55,10 @@ pub struct SampleArgs {
     /// Also save the final samples as a NumPy .npy array [N, C, H, W].
     #[arg(long)]
     raw: Option<PathBuf>,
+    /// Also save the initial noise x_T of every image as a NumPy .npy array [N, C, H, W] (to run
+    /// another implementation from exactly the same noise).
+    #[arg(long)]
+    noise_out: Option<PathBuf>,
 }
 
 pub(crate) fn parse_range(s: &str) -> Result<[f32; 2], String> {
@@ -118,15 +122,19 @@ pub fn run(a: SampleArgs) -> Result<()> {
     );
     let per = len / batch;
     let mut all = vec![0f32; a.num * per];
+    let mut start = if a.noise_out.is_some() { vec![0f32; a.num * per] } else { Vec::new() };
     let mut x = vec![0f32; len];
     let started = Instant::now();
     for chunk in 0..chunks {
         let first = chunk * batch;
         noise::initial_noise(a.seed, first as u64, &mut x, batch);
+        let take = (a.num - first).min(batch);
+        if !start.is_empty() {
+            start[first * per..(first + take) * per].copy_from_slice(&x[..take * per]);
+        }
         sampler.set_first_image(first as u64);
         let base = bar.position();
         sampler.run(&mut session, &mut x, &mut |done, _| bar.set_position(base + done as u64))?;
-        let take = (a.num - first).min(batch);
         all[first * per..(first + take) * per].copy_from_slice(&x[..take * per]);
     }
     bar.finish_and_clear();
@@ -135,6 +143,9 @@ pub fn run(a: SampleArgs) -> Result<()> {
     png_grid(&a.output, &all, a.num, c, h, w, range, a.scale)?;
     if let Some(raw) = &a.raw {
         npy(raw, &all, &[a.num, c, h, w])?;
+    }
+    if let Some(p) = &a.noise_out {
+        npy(p, &start, &[a.num, c, h, w])?;
     }
     let evals = chunks * sampler.model_calls();
     println!(

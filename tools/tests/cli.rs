@@ -98,9 +98,39 @@ fn sample_writes_a_grid_and_a_npy_array() {
         d.join("g2.png").to_str().unwrap(),
         "--raw",
         raw2.to_str().unwrap(),
+        "--noise-out",
+        d.join("z5.npy").to_str().unwrap(),
     ]);
     assert!(out.status.success());
     assert_eq!(std::fs::read(&raw2).unwrap(), npy, "noise is per image, not per batch");
+    // The initial noise: one standard normal draw per element, the first 2 images the same
+    // whatever the batch or the count.
+    let z5 = std::fs::read(d.join("z5.npy")).unwrap();
+    assert_eq!(z5.len(), npy.len());
+    let vals: Vec<f32> =
+        z5[10 + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let mean = vals.iter().sum::<f32>() / vals.len() as f32;
+    let var = vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / vals.len() as f32;
+    assert!(mean.abs() < 0.2 && (var - 1.0).abs() < 0.25, "mean {mean} var {var}");
+    let z2 = d.join("z2.npy");
+    let out = edadm(&[
+        "sample",
+        &golden("tiny-fp32.edq"),
+        "-n",
+        "2",
+        "--steps",
+        "1",
+        "--seed",
+        "3",
+        "-o",
+        d.join("g3.png").to_str().unwrap(),
+        "--noise-out",
+        z2.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let z2 = std::fs::read(&z2).unwrap();
+    let h2 = u16::from_le_bytes([z2[8], z2[9]]) as usize;
+    assert_eq!(z2[10 + h2..], z5[10 + header_len..10 + header_len + 2 * 64 * 4]);
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -199,6 +229,83 @@ fn demo_runs_the_whole_pipeline_on_a_tiny_model() {
         1,
         "/nonexistent.edq",
     );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn quantize_with_each_activation_initialisation() {
+    let d = scratch("act-init");
+    let calib = d.join("c.safetensors");
+    let model = golden("tiny-fp32.edq");
+    let c = edadm(&[
+        "calibrate",
+        &model,
+        "--calib",
+        "random",
+        "--n-calib",
+        "16",
+        "--steps",
+        "5",
+        "-o",
+        calib.to_str().unwrap(),
+    ]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let mut deltas = Vec::new();
+    for (init, extra, label) in [
+        ("mse", None, "mse"),
+        ("mse-asym", None, "mse-asym"),
+        ("minmax", None, "minmax"),
+        ("percentile", Some("99.9"), "percentile 99.9"),
+    ] {
+        let out = d.join(format!("q-{init}.edq"));
+        let mut args = vec![
+            "quantize",
+            model.as_str(),
+            "--calib-set",
+            calib.to_str().unwrap(),
+            "--recon",
+            "none",
+            "--holdout",
+            "8",
+            "--act-init",
+            init,
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        if let Some(p) = extra {
+            args.extend(["--act-percentile", p]);
+        }
+        let r = edadm(&args);
+        assert!(r.status.success(), "{init}: {}", String::from_utf8_lossy(&r.stderr));
+        let info = edadm(&["inspect", out.to_str().unwrap(), "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(v["metadata"]["quant.act_init"], label);
+        let conv_in = v["graph"]["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "conv_in").unwrap();
+        deltas.push(conv_in["act_quant"][0]["input"]["delta"].as_f64().unwrap());
+    }
+    // MinMax spans [min, max]: at least what the asymmetric search keeps, more than the 99.9 %
+    // percentiles; the symmetric search spans [−r, r] around zero.
+    assert!(deltas[2] >= deltas[1] * 0.999 && deltas[2] > deltas[3], "{deltas:?}");
+    let bad = d.join("bad.edq");
+    assert_one_line_error(
+        &edadm(&[
+            "quantize",
+            &model,
+            "--calib-set",
+            calib.to_str().unwrap(),
+            "--recon",
+            "none",
+            "--act-init",
+            "percentile",
+            "--act-percentile",
+            "40",
+            "-o",
+            bad.to_str().unwrap(),
+        ]),
+        1,
+        "--act-percentile 40",
+    );
+    assert!(!bad.exists());
     std::fs::remove_dir_all(&d).unwrap();
 }
 

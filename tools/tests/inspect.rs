@@ -67,6 +67,34 @@ fn json_report() {
     assert_eq!(conv_in["shape"], serde_json::json!([4, 1, 3, 3]));
     assert_eq!(conv_in["bytes"], 144);
     assert!(v["size_by_dtype"]["f32"]["bytes"].as_u64().unwrap() > 0);
+    assert!(v["graph"]["nodes"].as_array().unwrap().iter().all(|n| n["act_quant"].is_null()));
+}
+
+#[test]
+fn json_report_lists_the_activation_quantizers() {
+    let out = edadm(&["inspect", "--json", golden("tiny-w4a8.edq").to_str().unwrap()]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes = v["graph"]["nodes"].as_array().unwrap();
+    let (mut inputs, mut attention) = (0, 0);
+    for n in nodes {
+        match &n["act_quant"] {
+            serde_json::Value::Array(groups) => {
+                assert_eq!(groups[0]["channel_start"], 0, "{}", n["name"]);
+                for g in groups.iter().filter(|g| !g["input"].is_null()) {
+                    let (d, zp) = (g["input"]["delta"].as_f64().unwrap(), g["input"]["zero_point"].as_u64().unwrap());
+                    assert!(d > 0.0 && d.is_finite() && zp <= 255 && g["input"]["bits"] == 8, "{}", n["name"]);
+                    inputs += 1;
+                }
+            }
+            serde_json::Value::Object(a) => {
+                assert_eq!(a.keys().cloned().collect::<Vec<_>>(), ["k", "prob", "q", "v"]);
+                attention += 1;
+            }
+            _ => assert!(n["quant"] == "-", "{}", n["name"]),
+        }
+    }
+    assert!(inputs > 0 && attention > 0, "{inputs} input quantizers, {attention} attention nodes");
 }
 
 #[test]

@@ -91,6 +91,8 @@ pub fn collect(
     let schedule = model.schedule()?;
     let mut opts = SessionOptions::batch(batch);
     opts.keep.extend(feature);
+    // Every core: the runtime's results do not depend on the thread count.
+    opts.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut session = Session::new(model, &opts)?;
     let len = session.sample_len();
     let per = len / batch;

@@ -14,7 +14,7 @@ use super::model::{IntForm, QModel, Ranges};
 type Recorded<'a> = Option<(&'a HashSet<usize>, RefCell<HashMap<usize, Tensor>>)>;
 use crate::error::Result;
 use crate::fq::{ActFq, AdaRound};
-use crate::grid::ActRange;
+use crate::grid::{ActInit, ActRange};
 use crate::net::{Hooks, to_vec};
 
 /// The learnable parameters of the unit being reconstructed.
@@ -36,15 +36,39 @@ pub struct QHooks<'a> {
     drop: Option<Cell<u64>>,
     /// Initialisation: ranges observed per quantizer.
     ranges: Option<RefCell<Ranges>>,
+    init: ActInit,
     record: Recorded<'a>,
     ints: Option<&'a [Option<IntForm>]>,
     kernels: Option<edadm_kernels::Kernels>,
+    /// Only these activation quantizers and weighted nodes are quantized (the rest stay FP).
+    only: Option<&'a Only>,
+}
+
+/// A subset of the quantized model: activation quantizers by key `(node, group)` and weighted
+/// nodes whose weights are quantized. Everything else runs in FP.
+#[derive(Clone, Debug, Default)]
+pub struct Only {
+    /// Activation quantizers that quantize.
+    pub acts: HashSet<(usize, usize)>,
+    /// Weighted nodes with quantized weights.
+    pub weights: HashSet<usize>,
 }
 
 impl<'a> QHooks<'a> {
     /// The quantized model with fixed weights `weights` (dequantized, op layout).
     pub fn new(q: &'a QModel, weights: &'a [Option<Tensor>]) -> Self {
-        QHooks { q, weights, train: None, drop: None, ranges: None, record: None, ints: None, kernels: None }
+        QHooks {
+            q,
+            weights,
+            train: None,
+            drop: None,
+            ranges: None,
+            init: ActInit::Mse,
+            record: None,
+            ints: None,
+            kernels: None,
+            only: None,
+        }
     }
 
     /// Reconstruction: the unit's α and Δ are variables; with `drop_seed`, trained quantizers
@@ -55,10 +79,11 @@ impl<'a> QHooks<'a> {
         self
     }
 
-    /// Initialisation: every quantizer first folds its input into its range average, then
-    /// quantizes with the averaged range.
-    pub fn observing(mut self, ranges: Ranges) -> Self {
+    /// Initialisation: every quantizer first folds its input into its range (as `init` says),
+    /// then quantizes with the range so far.
+    pub fn observing(mut self, ranges: Ranges, init: ActInit) -> Self {
         self.ranges = Some(RefCell::new(ranges));
+        self.init = init;
         self
     }
 
@@ -68,6 +93,14 @@ impl<'a> QHooks<'a> {
     pub fn integer(mut self, ints: &'a [Option<IntForm>]) -> Self {
         self.ints = Some(ints);
         self.kernels = edadm_kernels::select().ok();
+        self
+    }
+
+    /// Quantizes only `only` (in the float form: the integer form needs every quantizer).
+    pub fn only(mut self, only: &'a Only) -> Self {
+        self.only = Some(only);
+        self.ints = None;
+        self.kernels = None;
         self
     }
 
@@ -91,9 +124,12 @@ impl<'a> QHooks<'a> {
         let Some(aq) = self.q.act(ni, g) else {
             return Ok(x);
         };
+        if self.only.is_some_and(|o| !o.acts.contains(&(ni, g))) {
+            return Ok(x);
+        }
         if let Some(ranges) = &self.ranges {
             let mut ranges = ranges.borrow_mut();
-            let r = ranges.entry((ni, g)).or_insert_with(|| ActRange::new(aq.bits));
+            let r = ranges.entry((ni, g)).or_insert_with(|| ActRange::with_init(aq.bits, self.init));
             r.observe(&to_vec(&x)?);
             let grid = r.grid().expect("observed");
             let op = ActFq { zero_point: grid.zero_point, qmax: aq.qmax(), drop_seed: None };
@@ -130,6 +166,9 @@ impl Hooks for QHooks<'_> {
             let full = if soft.len() == 1 { soft.pop().expect("one") } else { Tensor::cat(&soft, 1)? };
             let full = if w.transposed { full.transpose(0, 1)?.contiguous()? } else { full };
             return Ok(Some(full));
+        }
+        if self.only.is_some_and(|o| !o.weights.contains(&ni)) {
+            return Ok(None);
         }
         Ok(self.weights[ni].clone())
     }

@@ -8,13 +8,14 @@ pub mod hooks;
 pub mod model;
 pub mod recon;
 pub mod report;
+pub mod sensitivity;
 
 use std::path::Path;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-pub use hooks::{QHooks, Trainable};
+pub use hooks::{Only, QHooks, Trainable};
 pub use model::{ActQ, NodeQ, QModel, Structure, WGroup, WNode};
 pub use recon::{IterProgress, Recon, ReconConfig, UnitReport, UnitSpec};
 
@@ -39,6 +40,9 @@ pub struct QuantizeConfig {
     pub init_batch: usize,
     /// Samples per chunk of the cached streams.
     pub chunk: usize,
+    /// How activation ranges are initialised (official: the L2.4 search).
+    #[serde(default)]
+    pub act_init: crate::grid::ActInit,
 }
 
 impl QuantizeConfig {
@@ -53,6 +57,7 @@ impl QuantizeConfig {
             init_samples: 256,
             init_batch: 64,
             chunk: 32,
+            act_init: crate::grid::ActInit::Mse,
         }
     }
 }
@@ -174,7 +179,7 @@ pub fn initialise(net: &Net, calib: &CalibSet, rows: &[usize], cfg: &QuantizeCon
             x.extend_from_slice(calib.sample(r));
             t.push(calib.t[r]);
         }
-        let hooks = QHooks::new(&q, &weights).observing(std::mem::take(&mut ranges));
+        let hooks = QHooks::new(&q, &weights).observing(std::mem::take(&mut ranges), cfg.act_init);
         net.forward(tensor4(&x, [part.len(), c, h, w], &net.device)?, &t, &hooks)?;
         ranges = hooks.into_ranges();
     }

@@ -9,11 +9,11 @@ use crate::calib::CalibSet;
 use crate::error::{QuantError, Result};
 
 /// One line (or bar) series of a chart.
-struct Series<'a> {
-    name: &'a str,
-    color: &'a str,
-    points: Vec<f64>,
-    bars: bool,
+pub(crate) struct Series<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) color: &'a str,
+    pub(crate) points: Vec<f64>,
+    pub(crate) bars: bool,
 }
 
 const W: f64 = 860.0;
@@ -23,12 +23,12 @@ const R: f64 = 20.0;
 const T: f64 = 40.0;
 const B: f64 = 60.0;
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// A chart over the indices `0..n` of the series; `log` plots log10 of positive values.
-fn chart(title: &str, xlabel: &str, series: &[Series<'_>], log: bool, xticks: &[(usize, String)]) -> String {
+pub(crate) fn chart(title: &str, xlabel: &str, series: &[Series<'_>], log: bool, xticks: &[(usize, String)]) -> String {
     let n = series.iter().map(|s| s.points.len()).max().unwrap_or(0).max(1);
     let tr = |v: f64| if log { v.max(1e-30).log10() } else { v };
     let vals: Vec<f64> =

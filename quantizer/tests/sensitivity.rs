@@ -1,0 +1,73 @@
+//! The sensitivity analysis on the repository's tiny model: every quantizer is measured alone,
+//! an empty subset is exactly the FP model, and the files are written.
+
+use candle_core::Device;
+use edadm_quantizer::calib::{CalibSet, Rng};
+use edadm_quantizer::net::{Fp, Net, tensor4, to_vec};
+use edadm_quantizer::quant::sensitivity::{SensitivityConfig, analyse, write};
+use edadm_quantizer::quant::{self, NodeQ, Only, QHooks, QuantizeConfig, Recon};
+use edadm_runtime::Model;
+use edadm_runtime::sampler::{SamplerConfig, Skip};
+
+fn tiny() -> Model {
+    Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/../formats/tests/golden/tiny-fp32.edq")).unwrap()
+}
+
+#[test]
+fn every_quantizer_alone_and_every_step_alone() {
+    let model = tiny();
+    let net = Net::from_model(&model, &Device::Cpu).unwrap();
+    let [c, h, w] = model.sample_shape();
+    let n = 16;
+    let mut rng = Rng::new(5);
+    let steps = model.schedule().unwrap().len();
+    let set = CalibSet {
+        sample_shape: [c, h, w],
+        x: (0..n * c * h * w).map(|_| rng.normal() as f32).collect(),
+        t: (0..n).map(|j| ((j * 7) % steps) as f32).collect(),
+        step: (0..n as u32).collect(),
+        steps: n,
+        tdac: None,
+        provenance: vec![("method".into(), "synthetic".into())],
+    };
+    let mut cfg = QuantizeConfig::official(8, Recon::None);
+    cfg.holdout = 8;
+    cfg.init_samples = 8;
+    cfg.init_batch = 4;
+    let q = quant::quantize(&net, &set, &cfg, None, false, None, &mut |_| {}).unwrap().model;
+
+    // An empty subset quantizes nothing: exactly the FP network.
+    let weights = q.weight_tensors(&net).unwrap();
+    let none = Only::default();
+    let x = tensor4(&set.x[..2 * c * h * w], [2, c, h, w], &net.device).unwrap();
+    let fp = to_vec(&net.forward(x.clone(), &set.t[..2], &Fp).unwrap()).unwrap();
+    let masked = to_vec(&net.forward(x, &set.t[..2], &QHooks::new(&q, &weights).only(&none)).unwrap()).unwrap();
+    assert_eq!(fp, masked);
+
+    let scfg = SensitivityConfig { sampler: SamplerConfig::ddim(4, Skip::Quad), images: 3, range: [-1.0, 1.0] };
+    let s = analyse(&net, &q, &model.schedule().unwrap(), &scfg, &mut |_, _| {}).unwrap();
+    let acts = q.act_keys(0..q.nodes.len()).len();
+    let weighted = q.nodes.iter().filter(|n| matches!(n, Some(NodeQ::Weight(_)))).count();
+    assert_eq!(s.quantizers.len(), acts + weighted);
+    assert!(s.full.psnr_db.is_finite() && s.full.psnr_db > 10.0, "{}", s.full.psnr_db);
+    assert!(s.quantizers.windows(2).all(|p| p[0].psnr_db <= p[1].psnr_db), "ranked, most harmful first");
+    for v in s.quantizers.iter().chain([&s.full]) {
+        assert_eq!(v.eps_mse_per_step.len(), 4, "{}", v.name);
+        assert!(v.eps_mse.is_finite() && v.eps_mse >= 0.0 && v.mse >= 0.0, "{}", v.name);
+    }
+    // One quantizer alone differs from FP less than the whole model does, on average.
+    let mean_alone = s.quantizers.iter().map(|v| v.eps_mse).sum::<f64>() / s.quantizers.len() as f64;
+    assert!(mean_alone < s.full.eps_mse, "{mean_alone} vs {}", s.full.eps_mse);
+    assert_eq!(s.steps.len(), 4);
+    assert!(s.steps.iter().all(|&(t, p)| t >= 0 && p > 0.0));
+
+    let dir = std::env::temp_dir().join(format!("edadm-sensitivity-{}", std::process::id()));
+    write(&dir, &s, 5).unwrap();
+    let md = std::fs::read_to_string(dir.join("sensitivity.md")).unwrap();
+    let rows = md.lines().filter(|l| matches!(l.split('|').nth(3).map(str::trim), Some("act" | "weights"))).count();
+    assert_eq!(rows, acts + weighted);
+    for f in ["sensitivity.json", "quantizers.svg", "steps.svg"] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
