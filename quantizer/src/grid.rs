@@ -195,14 +195,19 @@ pub fn search_tensor(x: &[f32], bits: u32, side: Side) -> (f32, f32) {
         return (0.0, 0.0);
     }
     let r = lo.abs().max(hi);
-    let cands: Vec<(f32, f32)> = thresholds(r).map(|thr| side.range(thr)).collect();
+    best_range(x, bits, thresholds(r).map(|thr| side.range(thr)).collect(), side.range(r))
+}
+
+/// The candidate range `(min, max)` with the smallest [`lp_score`] (a strictly smaller score
+/// wins, so ties keep the earlier candidate); `fallback` when no score is finite.
+fn best_range(x: &[f32], bits: u32, cands: Vec<(f32, f32)>, fallback: (f32, f32)) -> (f32, f32) {
     let scores: Vec<f64> = if x.len() >= 1 << 14 {
         use rayon::prelude::*;
         cands.par_iter().map(|&(mn, mx)| lp_score(x, &Grid::from_range(mn, mx, bits))).collect()
     } else {
         cands.iter().map(|&(mn, mx)| lp_score(x, &Grid::from_range(mn, mx, bits))).collect()
     };
-    let mut best = (f64::INFINITY, side.range(r));
+    let mut best = (f64::INFINITY, fallback);
     for (&c, &score) in cands.iter().zip(&scores) {
         if score < best.0 {
             best = (score, c);
@@ -257,6 +262,17 @@ pub enum ActInit {
 }
 
 impl ActInit {
+    /// From the command-line name (`mse`, `mse-asym`, `minmax`, `percentile` with `p`).
+    pub fn from_name(name: &str, p: f32) -> Option<ActInit> {
+        Some(match name {
+            "mse" => ActInit::Mse,
+            "mse-asym" => ActInit::MseAsym,
+            "minmax" => ActInit::MinMax,
+            "percentile" => ActInit::Percentile(p),
+            _ => return None,
+        })
+    }
+
     /// The command-line name.
     pub fn name(self) -> String {
         match self {
@@ -268,17 +284,18 @@ impl ActInit {
     }
 }
 
-/// The value at quantile `q` (0..=1) of `x`: the element of rank `round(q·(n − 1))`.
-pub fn quantile(x: &[f32], q: f64) -> f32 {
-    if x.is_empty() {
-        return 0.0;
-    }
+/// The values at quantiles `lo` and `hi` (0..=1) of `x` (NaNs skipped): the elements of rank
+/// `round(q·(n − 1))`, from one copy of `x`.
+pub fn quantiles(x: &[f32], lo: f64, hi: f64) -> (f32, f32) {
     let mut v: Vec<f32> = x.iter().copied().filter(|v| !v.is_nan()).collect();
     if v.is_empty() {
-        return 0.0;
+        return (0.0, 0.0);
     }
-    let k = ((q.clamp(0.0, 1.0) * (v.len() - 1) as f64).round() as usize).min(v.len() - 1);
-    *v.select_nth_unstable_by(k, f32::total_cmp).1
+    let rank = |q: f64| ((q.clamp(0.0, 1.0) * (v.len() - 1) as f64).round() as usize).min(v.len() - 1);
+    let (kl, kh) = (rank(lo), rank(hi));
+    let l = *v.select_nth_unstable_by(kl, f32::total_cmp).1;
+    let h = *v.select_nth_unstable_by(kh, f32::total_cmp).1;
+    (l, h)
 }
 
 /// The L2.4 search over candidate ranges `[α·lo, α·hi]`, `α = i/100`, `(lo, hi)` the tensor's
@@ -288,25 +305,8 @@ pub fn search_tensor_asym(x: &[f32], bits: u32) -> (f32, f32) {
     if x.is_empty() || !lo.is_finite() || !hi.is_finite() {
         return (0.0, 0.0);
     }
-    let cands: Vec<(f32, f32)> = (1..=SEARCH_STEPS)
-        .map(|i| {
-            let a = i as f32 / SEARCH_STEPS as f32;
-            (lo * a, hi * a)
-        })
-        .collect();
-    let scores: Vec<f64> = if x.len() >= 1 << 14 {
-        use rayon::prelude::*;
-        cands.par_iter().map(|&(mn, mx)| lp_score(x, &Grid::from_range(mn, mx, bits))).collect()
-    } else {
-        cands.iter().map(|&(mn, mx)| lp_score(x, &Grid::from_range(mn, mx, bits))).collect()
-    };
-    let mut best = (f64::INFINITY, (lo, hi));
-    for (&c, &score) in cands.iter().zip(&scores) {
-        if score < best.0 {
-            best = (score, c);
-        }
-    }
-    best.1
+    let scaled = (1..=SEARCH_STEPS).map(|i| i as f32 / SEARCH_STEPS as f32).map(|a| (lo * a, hi * a));
+    best_range(x, bits, scaled.collect(), (lo, hi))
 }
 
 /// An activation quantizer's initialisation state: the side fixed by the first batch and the
@@ -353,7 +353,7 @@ impl ActRange {
             }
             ActInit::Percentile(p) => {
                 let q = f64::from(p.clamp(50.0, 100.0)) / 100.0;
-                let (mn, mx) = (quantile(x, 1.0 - q), quantile(x, q));
+                let (mn, mx) = quantiles(x, 1.0 - q, q);
                 let n = self.batches as f32;
                 match self.range {
                     Some((rmn, rmx)) => ((rmn * n + mn) / (n + 1.0), (rmx * n + mx) / (n + 1.0)),
@@ -495,7 +495,7 @@ mod tests {
         // Percentile 90 of a uniform ramp 0..=1000: ranks 100 and 900; a second batch ×2 averages.
         let r: Vec<f32> = (0..=1000).map(|i| i as f32).collect();
         let r2: Vec<f32> = r.iter().map(|v| v * 2.0).collect();
-        assert_eq!((quantile(&r, 0.1), quantile(&r, 0.9)), (100.0, 900.0));
+        assert_eq!(quantiles(&r, 0.1, 0.9), (100.0, 900.0));
         let mut p = ActRange::with_init(8, ActInit::Percentile(90.0));
         p.observe(&r);
         p.observe(&r2);

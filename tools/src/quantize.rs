@@ -148,12 +148,13 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     if !(a.act_percentile.is_finite() && a.act_percentile > 50.0 && a.act_percentile <= 100.0) {
         bail!("--act-percentile {}: must lie in (50, 100]", a.act_percentile);
     }
-    let act_init = match a.act_init.as_str() {
-        "mse" => ActInit::Mse,
-        "mse-asym" => ActInit::MseAsym,
-        "minmax" => ActInit::MinMax,
-        _ => ActInit::Percentile(a.act_percentile),
-    };
+    let act_init = ActInit::from_name(&a.act_init, a.act_percentile).expect("clap checked --act-init");
+    if !matches!(act_init, ActInit::Percentile(_)) && a.act_percentile != 99.99 {
+        bail!(
+            "--act-percentile sets the clip of --act-init percentile; it has no meaning with --act-init {}",
+            a.act_init
+        );
+    }
     if a.sensitivity.is_some() && (a.sens_images == 0 || a.sens_steps == 0) {
         bail!("--sens-images and --sens-steps must be at least 1");
     }

@@ -306,6 +306,23 @@ fn quantize_with_each_activation_initialisation() {
         "--act-percentile 40",
     );
     assert!(!bad.exists());
+    assert_one_line_error(
+        &edadm(&[
+            "quantize",
+            &model,
+            "--calib-set",
+            calib.to_str().unwrap(),
+            "--recon",
+            "none",
+            "--act-percentile",
+            "99.9",
+            "-o",
+            bad.to_str().unwrap(),
+        ]),
+        1,
+        "--act-percentile",
+    );
+    assert!(!bad.exists());
     std::fs::remove_dir_all(&d).unwrap();
 }
 

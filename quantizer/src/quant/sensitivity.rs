@@ -15,6 +15,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use edadm_eval::fidelity::{mse, psnr};
 use edadm_format::graph::Prediction;
 use edadm_runtime::sampler::{Denoiser, Sampler, SamplerConfig, Schedule, noise};
 use serde::Serialize;
@@ -99,15 +100,6 @@ fn forward(net: &Net, x: &[f32], t: &[f32], batch: usize, hooks: &dyn Hooks) -> 
     let [c, h, w] = net.sample_shape();
     let y = net.forward(tensor4(x, [batch, c, h, w], &net.device)?, t, hooks)?;
     to_vec(&y)
-}
-
-fn mse01(a: &[f32], b: &[f32], [lo, hi]: [f32; 2]) -> f64 {
-    let u = |v: f32| f64::from(((v.clamp(lo, hi) - lo) / (hi - lo)).clamp(0.0, 1.0));
-    a.iter().zip(b).map(|(&x, &y)| (u(x) - u(y)).powi(2)).sum::<f64>() / a.len().max(1) as f64
-}
-
-fn psnr(mse: f64) -> f64 {
-    if mse > 0.0 { 10.0 * (1.0 / mse).log10() } else { f64::INFINITY }
 }
 
 /// Every activation quantizer and weighted node of `q`, with a readable name.
@@ -203,14 +195,15 @@ pub fn analyse(
         let mut d = NetDenoiser { net, batch: n, prediction, per_call: &pick, call: 0 };
         let mut x = z.clone();
         sampler.run(&mut d, &mut x, &mut |_, _| {}).map_err(|e| QuantError::Invalid(e.to_string()))?;
-        let mse = mse01(&x, &fp_final, cfg.range);
+        let err = mse(&x, &fp_final, cfg.range);
         let mut per_step = Vec::with_capacity(rec.len());
         for (xi, ti, eps_fp) in &rec {
             let e = forward(net, xi, ti, n, hooks)?;
             per_step.push(e.iter().zip(eps_fp).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>() / e.len() as f64);
         }
         let eps_mse = per_step.iter().sum::<f64>() / per_step.len().max(1) as f64;
-        Ok(Variant { name, kind, psnr_db: psnr(mse), mse, eps_mse_per_step: per_step, eps_mse })
+        let psnr_db = psnr(&x, &fp_final, cfg.range);
+        Ok(Variant { name, kind, psnr_db, mse: err, eps_mse_per_step: per_step, eps_mse })
     };
 
     let mut quantizers = Vec::with_capacity(list.len());
@@ -235,7 +228,7 @@ pub fn analyse(
         let mut x = z.clone();
         sampler.run(&mut d, &mut x, &mut |_, _| {}).map_err(|e| QuantError::Invalid(e.to_string()))?;
         let t = timesteps.get(timesteps.len().saturating_sub(1 + k)).copied().unwrap_or(-1);
-        per_step.push((t, psnr(mse01(&x, &fp_final, cfg.range))));
+        per_step.push((t, psnr(&x, &fp_final, cfg.range)));
         done += 1;
         progress(done, total);
     }
