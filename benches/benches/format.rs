@@ -45,6 +45,7 @@ fn cifar_sized_file() -> Vec<u8> {
         outputs: vec![GraphOutput { value: ValueId(LAYERS), prediction: Prediction::Epsilon }],
         units: (0..LAYERS).map(|i| Unit { name: format!("conv{i}"), kind: UnitKind::Layer }).collect(),
         nodes,
+        step_groups: None,
     });
     b.to_bytes().unwrap()
 }

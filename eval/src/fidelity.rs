@@ -24,6 +24,29 @@ pub fn psnr(a: &[f32], b: &[f32], range: [f32; 2]) -> f64 {
     if m > 0.0 { 10.0 * (1.0 / m).log10() } else { f64::INFINITY }
 }
 
+/// PSNR in dB of each of the `n` images of two equally long sets, in image order.
+pub fn image_psnrs(a: &[f32], b: &[f32], n: usize, range: [f32; 2]) -> Vec<f64> {
+    assert_eq!(a.len(), b.len(), "image sets of different sizes");
+    let per = a.len() / n.max(1);
+    (0..n)
+        .map(|i| {
+            let m = mse(&a[i * per..(i + 1) * per], &b[i * per..(i + 1) * per], range);
+            if m > 0.0 { 10.0 * (1.0 / m).log10() } else { f64::INFINITY }
+        })
+        .collect()
+}
+
+/// The `q`-quantile (0 ≤ q ≤ 1, nearest rank) of per-image PSNRs: the median image (0.5) is
+/// robust to the few trajectories that flip, which decide the whole-set PSNR.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((q.clamp(0.0, 1.0) * (v.len() - 1) as f64).round()) as usize]
+}
+
 const WIN: usize = 11;
 
 fn gauss() -> [f64; WIN] {
@@ -85,6 +108,19 @@ pub fn ssim(a: &[f32], b: &[f32], n: usize, c: usize, h: usize, w: usize, range:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_image_psnr_and_its_quantiles() {
+        let a = vec![0.0f32; 8];
+        let mut b = a.clone();
+        b[0] = 0.2; // image 0 (4 pixels, range [-1, 1]): MSE 0.1²/4
+        let p = image_psnrs(&a, &b, 2, [-1.0, 1.0]);
+        assert!((p[0] - 10.0 * (400.0f64).log10()).abs() < 1e-4, "{p:?}");
+        assert_eq!(p[1], f64::INFINITY);
+        assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.5), 2.0);
+        assert_eq!(quantile(&[3.0, 1.0, 2.0, 4.0, 5.0], 0.0), 1.0);
+        assert!(quantile(&[], 0.5).is_nan());
+    }
 
     #[test]
     fn psnr_and_ssim_of_known_cases() {

@@ -76,8 +76,11 @@ impl<B: AsRef<[u8]>> ModelFile<B> {
         }
         let metadata =
             decode_metadata(slice(b, header.metadata.offset, header.metadata.length), header.metadata.offset)?;
-        let (graph, graph_offsets) =
-            decode_graph(slice(b, header.graph.offset, header.graph.length), header.graph.offset)?;
+        let (graph, graph_offsets) = decode_graph(
+            slice(b, header.graph.offset, header.graph.length),
+            header.graph.offset,
+            header.version_minor,
+        )?;
         let tensors =
             decode_tensor_table(slice(b, header.tensors.offset, header.tensors.length), header.tensors.offset)?;
 

@@ -41,3 +41,6 @@ pub const MAX_NODE_INPUTS: u64 = 256;
 pub const MAX_RECORD_BYTES: u64 = 4096;
 /// Input-channel groups of one weight quantization record (2 for the split skip conv).
 pub const MAX_QUANT_GROUPS: u64 = 8;
+/// Time-step groups of the activation quantizers (one per sampler step of a 1000-step schedule
+/// fits).
+pub const MAX_STEP_GROUPS: u64 = 1024;

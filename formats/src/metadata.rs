@@ -176,6 +176,12 @@ pub mod keys {
     pub const QUANT_SEED: &str = "quant.seed";
     /// Activation range initialisation: `mse`, `mse-asym`, `minmax`, `percentile P`.
     pub const QUANT_ACT_INIT: &str = "quant.act_init";
+    /// Time-step groups of the activation quantizers G (1: one set for every step).
+    pub const QUANT_STEP_GROUPS: &str = "quant.step_groups";
+    /// Whether conv and linear biases were corrected for the weights' rounding.
+    pub const QUANT_BIAS_CORRECTION: &str = "quant.bias_correction";
+    /// Whether the output layer kept f32 weights.
+    pub const QUANT_FP_OUTPUT_LAYER: &str = "quant.fp_output_layer";
     /// Calibration samples N.
     pub const CALIB_SAMPLES: &str = "calib.samples";
     /// Sampler of the calibration trajectories: `ddim`, `ddpm`, `plms`, `dpm-solver++`.
@@ -217,6 +223,9 @@ pub mod keys {
         (QUANT_SPLIT, MetaType::Bool),
         (QUANT_SEED, MetaType::U64),
         (QUANT_ACT_INIT, MetaType::Str),
+        (QUANT_STEP_GROUPS, MetaType::U64),
+        (QUANT_BIAS_CORRECTION, MetaType::Bool),
+        (QUANT_FP_OUTPUT_LAYER, MetaType::Bool),
         (CALIB_SAMPLES, MetaType::U64),
         (CALIB_SAMPLER, MetaType::Str),
         (CALIB_STEPS, MetaType::U64),

@@ -243,7 +243,8 @@ impl<'d> FileBuilder<'d> {
         let file_length = data_offset + data_length;
         let header = Header {
             version_major: VERSION_MAJOR,
-            version_minor: VERSION_MINOR,
+            // Minor 1 only where a minor-0 reader could not read the file: a time-step table.
+            version_minor: if self.graph.step_groups.is_some() { VERSION_MINOR } else { 0 },
             alignment: self.alignment,
             file_length,
             metadata: infos[0],
@@ -398,6 +399,7 @@ mod tests {
                 unit: None,
                 quant: None,
             }],
+            step_groups: None,
         });
         b
     }

@@ -243,7 +243,7 @@ fn random_model(
         g.add(dtype, &shape);
     }
     let outputs = vec![GraphOutput { value: ValueId(next - 1), prediction: Prediction::Epsilon }];
-    g.b.set_graph(Graph { num_values: next, inputs, outputs, units, nodes });
+    g.b.set_graph(Graph { num_values: next, inputs, outputs, units, nodes, step_groups: None });
     (g.b, tensors)
 }
 

@@ -53,6 +53,10 @@ pub trait Hooks {
     fn weight(&self, _node: usize) -> Result<Option<Tensor>> {
         Ok(None)
     }
+    /// The bias a weighted node `node` uses; `None` keeps its own (bias correction).
+    fn bias(&self, _node: usize) -> Option<Tensor> {
+        None
+    }
     /// The input node `node` reads, over input channels `channels` (one call per quantization
     /// group of a weighted node, and one per operand of an attention node with `group` =
     /// 0/1/2 for q/k/v); the default passes it through.
@@ -236,6 +240,7 @@ impl Net {
         let node = &self.graph.nodes[ni];
         let p = &self.params[ni];
         let x = self.get(env, node.inputs[0], ni)?;
+        let wbias = if node.op.is_weighted() { hooks.bias(ni).or_else(|| p.bias.clone()) } else { None };
         let weight = || -> Result<Tensor> {
             match hooks.weight(ni)? {
                 Some(w) => Ok(w),
@@ -275,14 +280,14 @@ impl Net {
                     {
                         let conv =
                             |lv: &Tensor, w: &Tensor| -> Result<Tensor> { Ok(crate::conv_op::conv2d(lv, w, pads)?) };
-                        return integer_sum(hooks, ni, &x, 1, groups, p.bias.as_ref(), &conv);
+                        return integer_sum(hooks, ni, &x, 1, groups, wbias.as_ref(), &conv);
                     }
                     let conv = |lv: &Tensor, w: &Tensor| -> Result<Tensor> {
                         let lv = lv.pad_with_zeros(2, pd.top as usize, pd.bottom as usize)?;
                         let lv = lv.pad_with_zeros(3, pd.left as usize, pd.right as usize)?;
                         Ok(lv.conv2d(w, 0, c.stride[0] as usize, c.dilation[0] as usize, 1)?)
                     };
-                    integer_sum(hooks, ni, &x, 1, groups, p.bias.as_ref(), &conv)
+                    integer_sum(hooks, ni, &x, 1, groups, wbias.as_ref(), &conv)
                 }
                 Op::ConvTranspose2d(c) => {
                     let conv = |lv: &Tensor, w: &Tensor| -> Result<Tensor> {
@@ -294,12 +299,12 @@ impl Net {
                             1,
                         )?)
                     };
-                    integer_sum(hooks, ni, &x, 1, groups, p.bias.as_ref(), &conv)
+                    integer_sum(hooks, ni, &x, 1, groups, wbias.as_ref(), &conv)
                 }
                 Op::Linear(_) => {
                     let lin = |lv: &Tensor, w: &Tensor| -> Result<Tensor> { Ok(lv.broadcast_matmul(&w.t()?)?) };
                     let last = x.rank() - 1;
-                    integer_sum(hooks, ni, &x, last, groups, p.bias.as_ref(), &lin)
+                    integer_sum(hooks, ni, &x, last, groups, wbias.as_ref(), &lin)
                 }
                 _ => Err(QuantError::Invalid(format!("{}: integer form of a {}", node.name, node.op.name()))),
             };
@@ -315,7 +320,7 @@ impl Net {
                     && c.dilation == [1, 1]
                 {
                     let y = crate::conv_op::conv2d(&x, &weight()?, pads)?;
-                    return add_channel_bias(y, p.bias.as_ref());
+                    return add_channel_bias(y, wbias.as_ref());
                 }
                 let (x, pad) = if pd.top == pd.bottom && pd.left == pd.right && pd.top == pd.left {
                     (x, pd.top as usize)
@@ -327,7 +332,7 @@ impl Net {
                     return Err(QuantError::Invalid(format!("{}: anisotropic stride/dilation", node.name)));
                 }
                 let y = x.conv2d(&weight()?, pad, c.stride[0] as usize, c.dilation[0] as usize, c.groups as usize)?;
-                add_channel_bias(y, p.bias.as_ref())?
+                add_channel_bias(y, wbias.as_ref())?
             }
             Op::ConvTranspose2d(c) => {
                 let x = grouped_input(x, 1)?;
@@ -344,14 +349,14 @@ impl Net {
                     c.stride[0] as usize,
                     1,
                 )?;
-                add_channel_bias(y, p.bias.as_ref())?
+                add_channel_bias(y, wbias.as_ref())?
             }
             Op::Linear(_) => {
                 let last = x.rank() - 1;
                 let x = grouped_input(x, last)?;
                 let w = weight()?;
                 let y = x.broadcast_matmul(&w.t()?)?;
-                match &p.bias {
+                match &wbias {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,
                 }

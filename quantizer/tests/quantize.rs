@@ -69,7 +69,7 @@ fn init_only(model: &Model, wbits: u32) -> (Net, QModel) {
 }
 
 /// Exports `q`, runs the file on the runtime keeping every value, and compares every node fed
-/// the runtime's own inputs, and the whole network.
+/// the runtime's own inputs, and the whole network; with time-step groups, once per group.
 fn parity(model: &Model, net: &Net, q: &QModel, label: &str) {
     let bytes = quant::export::build(model, q, Vec::new()).unwrap();
     let qm = Model::from_bytes(bytes).unwrap();
@@ -77,11 +77,35 @@ fn parity(model: &Model, net: &Net, q: &QModel, label: &str) {
     let quantized = qm.graph().nodes.iter().filter(|n| n.quant.is_some()).count();
     assert_eq!(quantized, q.nodes.iter().filter(|n| n.is_some()).count());
     let set = synthetic_set(model, 3, 99);
+    let Some(steps) = &q.steps else {
+        assert!(qm.graph().step_groups.is_none());
+        assert_eq!(qm.file().header().version_minor, 0, "files without a time-step table stay minor 0");
+        return parity_one(&qm, net, q, &set, label);
+    };
+    let table = qm.graph().step_groups.as_ref().expect("the file has the time-step table");
+    assert_eq!(table.edges, steps.edges);
+    assert_eq!(qm.file().header().version_minor, 1);
+    for g in 0..q.num_groups() {
+        // An edge belongs to the group above it.
+        let t = if g == 0 { steps.edges[0] - 1.0 } else { steps.edges[g - 1] };
+        assert_eq!(table.group_of(t), g);
+        let mut at = set.clone();
+        at.t = vec![t; at.len()];
+        parity_one(&qm, net, &q.at_group(g), &at, &format!("{label} group {g}"));
+    }
+    // One batch, one group: timesteps of two groups in one batch are refused with a clear error.
+    let mut sess = Session::new(&qm, &SessionOptions::batch(2)).unwrap();
+    let x = vec![0.1f32; 2 * set.sample_len()];
+    let e = sess.run(&x, &[steps.edges[0] - 1.0, steps.edges[0]]).unwrap_err().to_string();
+    assert!(e.contains("different time-step groups"), "{e}");
+}
+
+fn parity_one(qm: &Model, net: &Net, q: &QModel, set: &CalibSet, label: &str) {
     let [c, h, w] = set.sample_shape;
     let n = set.len();
     let mut opts = SessionOptions::batch(n);
     opts.keep = (0..qm.graph().num_values).map(ValueId).collect();
-    let mut sess = Session::new(&qm, &opts).unwrap();
+    let mut sess = Session::new(qm, &opts).unwrap();
     let got = sess.run(&set.x, &set.t).unwrap().to_vec();
 
     let weights = q.weight_tensors(net).unwrap();
@@ -163,6 +187,61 @@ fn exported_fmnist_ddpm_runs_on_the_integer_runtime_like_the_fake_quant_forward(
         assert_eq!(q.weight(conv_in).unwrap().bits, wbits);
         parity(&model, &net, &q, &format!("fmnist-ddpm W{wbits}A8"));
     }
+}
+
+#[test]
+fn time_step_groups_corrected_biases_and_an_f32_output_layer_run_like_the_fake_quant_forward() {
+    let Some(shared) =
+        shared("time_step_groups_corrected_biases_and_an_f32_output_layer_run_like_the_fake_quant_forward")
+    else {
+        return;
+    };
+    let model = import_model(Family::Ddpm, &shared.join("models/fmnist-ddpm/model.safetensors"), Some("fmnist-ddpm"));
+    let net = Net::from_model(&model, &Device::Cpu).unwrap();
+    let set = synthetic_set(&model, 24, 5);
+    let mut cfg = small_config(8, Recon::None, 0);
+    cfg.bias_correction = true;
+    cfg.structure.fp_last = true;
+    cfg.step_groups = quant::StepGrouping::Groups(3);
+    let grouped = quant::quantize(&net, &set, &cfg, None, false, None, &mut |_| {}).unwrap().model;
+    cfg.step_groups = quant::StepGrouping::One;
+    let one = quant::quantize(&net, &set, &cfg, None, false, None, &mut |_| {}).unwrap().model;
+    let steps = grouped.steps.as_ref().expect("a time-step table");
+    assert_eq!(grouped.num_groups(), 3);
+    assert_eq!(steps.edges.len(), 2);
+    assert!(steps.edges[0] < steps.edges[1]);
+    // The 16 initialisation samples have 16 distinct timesteps: groups of 5, 5 and 6, the edges
+    // halfway between neighbours.
+    let (train, _) = quant::split_rows(set.len(), cfg.holdout, cfg.seed).unwrap();
+    let mut ts: Vec<f32> = train[..cfg.init_samples].iter().map(|&r| set.t[r]).collect();
+    ts.sort_by(f32::total_cmp);
+    assert_eq!(steps.edges, vec![0.5 * (ts[4] + ts[5]), 0.5 * (ts[9] + ts[10])]);
+    // Same weights; each group's activation steps come from its own samples, so they differ from
+    // one another and from the single table's.
+    assert_eq!(grouped.weight_tensors(&net).unwrap().len(), one.weight_tensors(&net).unwrap().len());
+    let keys = one.act_keys(0..one.nodes.len());
+    let delta = |q: &QModel, k: (usize, usize)| q.act(k.0, k.1).unwrap().delta;
+    for g in 0..3 {
+        let at = grouped.at_group(g);
+        let differ = keys.iter().filter(|&&k| delta(&at, k) != delta(&one, k)).count();
+        assert!(differ > keys.len() / 2, "group {g}: only {differ} of {} quantizers differ", keys.len());
+    }
+    let (a0, a2) = (grouped.at_group(0), grouped.at_group(2));
+    assert!(keys.iter().filter(|&&k| delta(&a0, k) != delta(&a2, k)).count() > keys.len() / 2);
+    // Group-specific ranges fit their own samples better than the single table does.
+    let rows: Vec<usize> = (0..set.len()).collect();
+    let e_grouped = quant::eps_mse(&net, &grouped, &set, &rows, 8).unwrap();
+    let e_one = quant::eps_mse(&net, &one, &set, &rows, 8).unwrap();
+    assert!(e_grouped < e_one, "ε-MSE with groups {e_grouped:.3e}, one table {e_one:.3e}");
+    // Bias correction changed the biases of the conv and linear layers (all of them have one),
+    // and the exported file carries them.
+    let corrected =
+        grouped.nodes.iter().flatten().filter(|n| matches!(n, quant::NodeQ::Weight(w) if w.bias.is_some())).count();
+    assert!(corrected > 20, "{corrected} corrected biases");
+    // The output layer stays f32.
+    let last = net.graph.nodes.iter().position(|n| n.name == "conv_out").unwrap();
+    assert!(grouped.nodes[last].is_none());
+    parity(&model, &net, &grouped, "fmnist-ddpm W8A8 3 time-step groups, corrected biases, f32 output layer");
 }
 
 #[test]
@@ -271,4 +350,60 @@ fn fbr_lowers_unit_losses_exports_a_loadable_file_and_resumes_identically() {
     let err = quant::quantize(&net, &set, &other, Some(&ckpt), true, None, &mut |_| {}).err().unwrap();
     assert!(err.to_string().contains("other settings"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Bias correction removes the mean output shift of every layer's rounded weights: with only the
+/// weights quantized (activations FP), each corrected conv's mean output error per channel on
+/// the calibration samples is far below the uncorrected one.
+#[test]
+fn bias_correction_removes_the_mean_output_error_of_rounded_weights() {
+    let Some(shared) = shared("bias_correction_removes_the_mean_output_error_of_rounded_weights") else {
+        return;
+    };
+    let model = import_model(Family::MnistUnet, &shared.join("models/mnist-unet/model.safetensors"), None);
+    let net = Net::from_model(&model, &Device::Cpu).unwrap();
+    let set = synthetic_set(&model, 16, 7);
+    let rows: Vec<usize> = (0..set.len()).collect();
+    let mut cfg = small_config(4, Recon::None, 0);
+    cfg.holdout = 0;
+    let plain = quant::quantize(&net, &set, &cfg, None, false, None, &mut |_| {}).unwrap().model;
+    let means = quant::input_means(&net, &set, &rows, 8).unwrap();
+    let fixed = quant::bias_corrected(&net, &plain, &means).unwrap();
+    let weighted: Vec<usize> = (0..net.graph.nodes.len()).filter(|&i| plain.weight(i).is_some()).collect();
+    let nodes: HashSet<usize> = weighted.iter().copied().collect();
+    // Every layer alone: weights quantized, inputs FP, so each output error is its own weights'.
+    let only = quant::Only { acts: HashSet::new(), weights: nodes.clone() };
+    let [c, h, w] = set.sample_shape;
+    let x = tensor4(&set.x, [set.len(), c, h, w], &Device::Cpu).unwrap();
+    let fp = quant::hooks::FpRecorder::new(&nodes);
+    net.forward(x.clone(), &set.t, &fp).unwrap();
+    let fp = fp.take();
+    let mean_shift = |q: &QModel| -> Vec<f64> {
+        let weights = q.weight_tensors(&net).unwrap();
+        let hooks = QHooks::new(q, &weights).only(&only).recording(&nodes);
+        let mut env = net.inputs(x.clone(), &set.t).unwrap();
+        // Each layer fed the FP model's own input: run node by node on the FP environment.
+        net.run(0..net.graph.nodes.len(), &mut env, &quant::hooks::FpRecorder::new(&HashSet::new())).unwrap();
+        weighted
+            .iter()
+            .map(|&ni| {
+                let y = to_vec(&net.node(ni, &env, &hooks).unwrap()).unwrap();
+                let f = to_vec(&fp[&ni]).unwrap();
+                let dims = fp[&ni].dims().to_vec();
+                let ch = dims[1];
+                let inner = f.len() / (dims[0] * ch);
+                let mut s = vec![0f64; ch];
+                for (i, (a, b)) in y.iter().zip(&f).enumerate() {
+                    s[(i / inner) % ch] += f64::from(a - b);
+                }
+                s.iter().map(|v| (v / (f.len() / ch) as f64).abs()).sum::<f64>() / ch as f64
+            })
+            .collect()
+    };
+    let (before, after) = (mean_shift(&plain), mean_shift(&fixed));
+    let (sb, sa): (f64, f64) = (before.iter().sum(), after.iter().sum());
+    println!("mean |shift| summed over {} layers: {sb:.3e} uncorrected, {sa:.3e} corrected", weighted.len());
+    assert!(sa < 0.2 * sb, "mean |shift| summed over layers: {sb:.3e} uncorrected, {sa:.3e} corrected");
+    let corrected = weighted.iter().filter(|&&ni| fixed.weight(ni).unwrap().bias.is_some()).count();
+    assert_eq!(corrected, weighted.len(), "every quantized conv and linear (transposed too) is corrected");
 }

@@ -86,7 +86,8 @@ pub(crate) enum Step<'m> {
         gamma: Option<Floats<'m>>,
         beta: Option<Floats<'m>>,
         act: Activation,
-        q: ActQ,
+        /// Per time-step group.
+        q: Vec<ActQ>,
         layout: C4,
     },
     LayerNormChw {
@@ -180,15 +181,17 @@ pub(crate) enum Step<'m> {
     QConvT {
         x: u32,
         plan: qconv::QConvTranspose2dPlan,
-        q: ActQ,
-        scale: Vec<f32>,
+        /// Per time-step group: the quantizer and `Δa·Δw[c]`.
+        q: Vec<ActQ>,
+        scale: Vec<Vec<f32>>,
         bias: Option<Floats<'m>>,
     },
     QAttention {
         q: u32,
         k: u32,
         v: u32,
-        a: QAttention,
+        /// Per time-step group.
+        a: Vec<QAttention>,
     },
 }
 
@@ -207,10 +210,10 @@ pub(crate) struct ConvPart {
 pub(crate) struct QGroupStep {
     /// First channel.
     pub(crate) ch0: usize,
-    /// Its quantizer.
-    pub(crate) q: ActQ,
-    /// `Δa·Δw[c]` per output channel.
-    pub(crate) scale: Vec<f32>,
+    /// Its quantizer, per time-step group.
+    pub(crate) q: Vec<ActQ>,
+    /// `Δa·Δw[c]` per output channel, per time-step group.
+    pub(crate) scale: Vec<Vec<f32>>,
     /// Its layout (the plan's).
     pub(crate) layout: C4,
 }
@@ -325,7 +328,7 @@ impl<'m> Plan<'m> {
             let ins: Vec<&Vec<usize>> = node.inputs.iter().map(|v| &shapes[v.0 as usize]).collect();
             let (step, out_shape, scratch) = match &node.quant {
                 None => build_step(model, k, node, &ins, req.threads)?,
-                Some(q) => build_quant_step(model, k, node, q, &ins, req.threads)?,
+                Some(q) => build_quant_step(model, k, ni, q, &ins, req.threads)?,
             };
             shapes[node.output.0 as usize] = out_shape;
             // Weights of convolutions and linear layers are packed (or dequantized and packed)
@@ -497,7 +500,7 @@ fn fuse_norm_quantize(
         let (q, layout) = match &mut steps[j].step {
             Step::QConv { x, pre, groups, .. } if *x == out && groups.len() == 1 && !*pre => {
                 *pre = true;
-                (groups[0].q, groups[0].layout)
+                (groups[0].q.clone(), groups[0].layout)
             }
             _ => continue,
         };
@@ -522,9 +525,11 @@ fn step_prepared_bytes(s: &Step<'_>) -> usize {
         | Step::LayerNormChannel { gamma, beta, .. } => opt(gamma) + opt(beta),
         Step::Table { table, .. } => owned_len(table),
         Step::QConv { plan, bias, groups, .. } => {
-            plan.packed_bytes() + opt(bias) + groups.iter().map(|g| g.scale.len() * 4).sum::<usize>()
+            plan.packed_bytes() + opt(bias) + groups.iter().flat_map(|g| &g.scale).map(|s| s.len() * 4).sum::<usize>()
         }
-        Step::QConvT { plan, bias, scale, .. } => plan.packed_bytes() + opt(bias) + scale.len() * 4,
+        Step::QConvT { plan, bias, scale, .. } => {
+            plan.packed_bytes() + opt(bias) + scale.iter().map(|s| s.len() * 4).sum::<usize>()
+        }
         _ => 0,
     }
 }
@@ -795,6 +800,11 @@ fn kq(a: &edadm_format::graph::ActQuant) -> ActQ {
     ActQ { delta: a.delta, zero_point: a.zero_point, bits: a.bits }
 }
 
+/// Activation quantizer `slot` of node `ni`, one per time-step group.
+fn kqs(model: &Model, ni: usize, slot: u32) -> Vec<ActQ> {
+    model.graph().act_quants(ni, slot).expect("validated: every quantizer has its groups").iter().map(kq).collect()
+}
+
 /// Per group `[start, end)`, its weight scales.
 fn quant_groups<'m>(model: &'m Model, w: &WeightQuant, cin: usize) -> Vec<(usize, usize, Floats<'m>)> {
     (0..w.groups.len())
@@ -810,11 +820,12 @@ fn quant_groups<'m>(model: &'m Model, w: &WeightQuant, cin: usize) -> Vec<(usize
 fn build_quant_step<'m>(
     model: &'m Model,
     k: &Kernels,
-    node: &Node,
+    ni: usize,
     q: &NodeQuant,
     ins: &[&Vec<usize>],
     threads: usize,
 ) -> Result<(Step<'m>, Vec<usize>, usize)> {
+    let node = &model.graph().nodes[ni];
     let v = |i: usize| node.inputs[i].0;
     let opt = |t: Option<TensorId>| t.map(|t| floats(model, t));
     match (q, &node.op) {
@@ -844,7 +855,10 @@ fn build_quant_step<'m>(
                 key_tile: 256,
             };
             let scratch = qa.scratch_len_threads(k, threads);
-            Ok((Step::QAttention { q: v(0), k: v(1), v: v(2), a: qa }, ins[0].clone(), scratch))
+            let [qs, ks, vs, ps] = [0, 1, 2, 3].map(|slot| kqs(model, ni, slot));
+            let per_group =
+                (0..qs.len()).map(|sg| QAttention { q: qs[sg], k: ks[sg], v: vs[sg], p: ps[sg], ..qa }).collect();
+            Ok((Step::QAttention { q: v(0), k: v(1), v: v(2), a: per_group }, ins[0].clone(), scratch))
         }
         (NodeQuant::Weight(wq), op) => {
             let weight = op.weight().expect("validated: weighted op");
@@ -895,7 +909,7 @@ fn build_quant_step<'m>(
                         stride: c.stride.map(|x| x as usize),
                         pad: [c.padding.top, c.padding.bottom, c.padding.left, c.padding.right].map(|x| x as usize),
                     };
-                    qconv_step(k, node, v(0), geom, &ints, model, wq, opt(c.bias), threads)
+                    qconv_step(k, ni, v(0), geom, &ints, model, wq, opt(c.bias), threads)
                 }
                 Op::Linear(l) => {
                     let s = ins[0];
@@ -915,7 +929,7 @@ fn build_quant_step<'m>(
                         stride: [1, 1],
                         pad: [0; 4],
                     };
-                    let (step, _, scratch) = qconv_step(k, node, v(0), geom, &ints, model, wq, opt(l.bias), threads)?;
+                    let (step, _, scratch) = qconv_step(k, ni, v(0), geom, &ints, model, wq, opt(l.bias), threads)?;
                     Ok((step, vec![s[0], l.out_features as usize], scratch))
                 }
                 Op::ConvTranspose2d(c) => {
@@ -937,9 +951,9 @@ fn build_quant_step<'m>(
                     let plan = qconv::QConvTranspose2dPlan::new(k, n, geom, &ints)
                         .ok_or_else(|| shape_err(node, "the transposed convolution has no output"))?;
                     let [oh, ow] = plan.out_hw();
-                    let aq = kq(&wq.groups[0].input.expect("quantized input"));
+                    let aq = kqs(model, ni, 0);
                     let sc = floats(model, wq.groups[0].weight_scales);
-                    let scale = sc.iter().map(|&d| d * aq.delta).collect();
+                    let scale = aq.iter().map(|a| sc.iter().map(|&d| d * a.delta).collect()).collect();
                     let scratch = plan.scratch_len(k) + plan.input_layout().len().div_ceil(4);
                     let step = Step::QConvT { x: v(0), plan, q: aq, scale, bias: opt(c.bias) };
                     Ok((step, vec![n, geom.cout, oh, ow], scratch))
@@ -954,7 +968,7 @@ fn build_quant_step<'m>(
 #[allow(clippy::too_many_arguments)]
 fn qconv_step<'m>(
     k: &Kernels,
-    node: &Node,
+    ni: usize,
     x: u32,
     geom: QConvGeom,
     ints: &[i8],
@@ -963,6 +977,7 @@ fn qconv_step<'m>(
     bias: Option<Floats<'m>>,
     threads: usize,
 ) -> Result<(Step<'m>, Vec<usize>, usize)> {
+    let node = &model.graph().nodes[ni];
     let groups = quant_groups(model, wq, geom.cin);
     let splits: Vec<usize> = groups.iter().map(|g| g.0).collect();
     let plan = qconv::QConv2dPlan::new(k, geom, ints, &splits).ok_or_else(|| {
@@ -972,11 +987,12 @@ fn qconv_step<'m>(
     let layouts: Vec<C4> = plan.input_layouts().copied().collect();
     let steps: Vec<QGroupStep> = groups
         .iter()
-        .zip(&wq.groups)
         .zip(layouts)
-        .map(|(((s0, _, sc), g), layout)| {
-            let q = kq(&g.input.expect("quantized input"));
-            QGroupStep { ch0: *s0, q, scale: sc.iter().map(|&d| d * q.delta).collect(), layout }
+        .enumerate()
+        .map(|(gi, ((s0, _, sc), layout))| {
+            let q = kqs(model, ni, gi as u32);
+            let scale = q.iter().map(|a| sc.iter().map(|&d| d * a.delta).collect()).collect();
+            QGroupStep { ch0: *s0, q, scale, layout }
         })
         .collect();
     let scratch =

@@ -78,6 +78,8 @@ pub struct Session<'m> {
     x: Slot,
     t: Option<Slot>,
     out: Slot,
+    /// The time-step group of the current run (0 without a time-step table).
+    group: usize,
 }
 
 impl<'m> Session<'m> {
@@ -103,7 +105,7 @@ impl<'m> Session<'m> {
         let arena = AlignedF32::zeros(plan.arena_len);
         let pool = Pool::new(opts.threads)
             .map_err(|e| RuntimeError::Session(format!("cannot start {} worker threads: {e}", opts.threads - 1)))?;
-        Ok(Session { model, kernels, pool, plan, arena, batch: opts.batch, height, width, x, t, out })
+        Ok(Session { model, kernels, pool, plan, arena, batch: opts.batch, height, width, x, t, out, group: 0 })
     }
 
     /// The model.
@@ -221,6 +223,17 @@ impl<'m> Session<'m> {
                     return Err(RuntimeError::Input(format!("t has {} values for a batch of {}", t.len(), self.batch)));
                 }
                 self.arena[s.off..s.end()].copy_from_slice(t);
+                if let Some(sg) = &self.model.graph().step_groups {
+                    let group = sg.group_of(t[0]);
+                    if let Some(other) = t.iter().find(|&&v| sg.group_of(v) != group) {
+                        return Err(RuntimeError::Input(format!(
+                            "t = {} and t = {other} fall in different time-step groups of this model's \
+                             activation quantizers; run them in separate batches",
+                            t[0]
+                        )));
+                    }
+                    self.group = group;
+                }
             }
             None if !t.is_empty() => return Err(RuntimeError::Input("this model takes no timestep".into())),
             None => {}
@@ -235,6 +248,7 @@ impl<'m> Session<'m> {
         let s = |v: u32| slots[v as usize];
         let k = &self.kernels;
         let pool = &self.pool;
+        let sg = self.group;
         let (r, y, scratch) = split(&mut self.arena, s(planned.out), self.plan.scratch[si]);
         match &planned.step {
             Step::Conv { x, n, cout, parts, bias } => {
@@ -296,7 +310,7 @@ impl<'m> Session<'m> {
                     gamma.as_deref(),
                     beta.as_deref(),
                     *act,
-                    *q,
+                    q[sg],
                     layout,
                     &mut bytes[..layout.len()],
                     pool,
@@ -361,7 +375,8 @@ impl<'m> Session<'m> {
             Step::QConv { x, pre: true, plan, groups, bias, .. } => {
                 let g = &groups[0];
                 let bytes: &[u8] = bytemuck::cast_slice(r.get(s(*x)));
-                let qin = [QInput { data: &bytes[..g.layout.len()], zero_point: g.q.zero_point, scale: &g.scale }];
+                let qin =
+                    [QInput { data: &bytes[..g.layout.len()], zero_point: g.q[sg].zero_point, scale: &g.scale[sg] }];
                 qconv::qconv2d_par(k, plan, &qin, bias.as_deref(), QOutput::F32(y), scratch, pool)
             }
             Step::QConv { x, cin, plan, groups, bias, .. } => {
@@ -375,8 +390,8 @@ impl<'m> Session<'m> {
                     let (mine, rest) = std::mem::take(&mut qbytes).split_at_mut(g.layout.len().div_ceil(4) * 4);
                     qbytes = rest;
                     let mine = &mut mine[..g.layout.len()];
-                    quant::quantize_c4_par(k, xs, *cin, g.ch0, Activation::None, g.q, &g.layout, mine, pool);
-                    qin[gi] = QInput { data: mine, zero_point: g.q.zero_point, scale: &g.scale };
+                    quant::quantize_c4_par(k, xs, *cin, g.ch0, Activation::None, g.q[sg], &g.layout, mine, pool);
+                    qin[gi] = QInput { data: mine, zero_point: g.q[sg].zero_point, scale: &g.scale[sg] };
                 }
                 qconv::qconv2d_par(k, plan, &qin[..groups.len()], bias.as_deref(), QOutput::F32(y), scratch, pool)
             }
@@ -384,12 +399,12 @@ impl<'m> Session<'m> {
                 let layout = *plan.input_layout();
                 let (qbuf, scratch) = scratch.split_at_mut(layout.len().div_ceil(4));
                 let qbytes: &mut [u8] = &mut bytemuck::cast_slice_mut(qbuf)[..layout.len()];
-                quant::quantize_c4_par(k, r.get(s(*x)), layout.c, 0, Activation::None, *q, &layout, qbytes, pool);
-                let input = QInput { data: qbytes, zero_point: q.zero_point, scale };
+                quant::quantize_c4_par(k, r.get(s(*x)), layout.c, 0, Activation::None, q[sg], &layout, qbytes, pool);
+                let input = QInput { data: qbytes, zero_point: q[sg].zero_point, scale: &scale[sg] };
                 qconv::qconv_transpose2d(k, plan, input, bias.as_deref(), QOutput::F32(y), scratch)
             }
             Step::QAttention { q, k: kk, v, a } => {
-                qattention::qattention_par(k, a, r.get(s(*q)), r.get(s(*kk)), r.get(s(*v)), y, scratch, pool)
+                qattention::qattention_par(k, &a[sg], r.get(s(*q)), r.get(s(*kk)), r.get(s(*v)), y, scratch, pool)
             }
         }
         Ok(())

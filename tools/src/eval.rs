@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use edadm_eval::cache;
-use edadm_eval::fidelity::{psnr, ssim};
+use edadm_eval::fidelity::{image_psnrs, psnr, quantile, ssim};
 use edadm_eval::frechet::{FeatureStats, frechet_distance};
 use edadm_eval::images::Images;
 use edadm_eval::inception::{FEATURES, Inception};
@@ -368,10 +368,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let [c, h, w] = g.shape;
         let p = psnr(&g.x, &fpg.x, range);
         let s = if h >= 11 && w >= 11 { Some(ssim(&g.x, &fpg.x, a.num, c, h, w, range)) } else { None };
+        let images = image_psnrs(&g.x, &fpg.x, a.num, range);
+        let (median, p10) = (quantile(&images, 0.5), quantile(&images, 0.1));
         report.insert("psnr_vs_fp_db".into(), serde_json::json!(p));
+        report.insert("psnr_image_median_db".into(), serde_json::json!(median));
+        report.insert("psnr_image_p10_db".into(), serde_json::json!(p10));
         report.insert("ssim_vs_fp".into(), serde_json::json!(s));
         text.push(format!(
-            "fidelity to FP ({} images, same noise): PSNR {p:.2} dB, SSIM {}",
+            "fidelity to FP ({} images, same noise): PSNR {p:.2} dB (per image: median {median:.2}, 10th percentile \
+             {p10:.2}), SSIM {}",
             a.num,
             s.map_or("n/a".into(), |s| format!("{s:.4}"))
         ));

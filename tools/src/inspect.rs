@@ -253,6 +253,10 @@ pub fn text<B: AsRef<[u8]>>(f: &ModelFile<B>, path: &str, full: bool) -> String 
     }
     let quantized = g.nodes.iter().filter(|n| n.quant.is_some()).count();
     let _ = writeln!(w, "quantized {quantized} of {} nodes", g.nodes.len());
+    if let Some(s) = &g.step_groups {
+        let edges: Vec<String> = s.edges.iter().map(|e| format!("{e}")).collect();
+        let _ = writeln!(w, "timesteps {} activation-quantizer groups, edges at t = {}", s.groups(), edges.join(", "));
+    }
     let nw = g.nodes.iter().map(|n| n.name.len()).max().unwrap_or(4).max(4);
     let ow = g.nodes.iter().map(|n| op_summary(&n.op).chars().count()).max().unwrap_or(2).max(2);
     let _ = writeln!(
@@ -313,7 +317,20 @@ pub fn json<B: AsRef<[u8]>>(f: &ModelFile<B>, path: &str) -> Value {
     let nodes: Vec<Value> = g
         .nodes
         .iter()
-        .map(|n| {
+        .enumerate()
+        .map(|(ni, n)| {
+            let groups: Value = match (&g.step_groups, &n.quant) {
+                (Some(_), Some(r)) => Value::Array(
+                    r.act_slots()
+                        .iter()
+                        .map(|&slot| {
+                            let acts = g.act_quants(ni, slot).unwrap_or_default();
+                            json!({"slot": slot, "groups": acts.iter().map(|a| json!({"delta": a.delta, "zero_point": a.zero_point})).collect::<Vec<_>>()})
+                        })
+                        .collect(),
+                ),
+                _ => Value::Null,
+            };
             json!({
                 "name": n.name,
                 "op": n.op.name(),
@@ -323,6 +340,7 @@ pub fn json<B: AsRef<[u8]>>(f: &ModelFile<B>, path: &str) -> Value {
                 "quant": quant_summary(&n.quant),
                 "weight_bits": match &n.quant { Some(NodeQuant::Weight(w)) => json!(w.weight_bits), _ => Value::Null },
                 "act_quant": act_quant_json(&n.quant),
+                "act_quant_steps": groups,
                 "unit": n.unit.map(|u| u.0),
                 "tensors": n.op.tensor_refs().iter().map(|(role, t)| json!({"role": role, "tensor": t.0})).collect::<Vec<_>>(),
             })
@@ -353,6 +371,7 @@ pub fn json<B: AsRef<[u8]>>(f: &ModelFile<B>, path: &str) -> Value {
             "outputs": g.outputs.iter().map(|o| json!({"value": o.value.0, "prediction": o.prediction.name()})).collect::<Vec<_>>(),
             "units": g.units.iter().map(|u| json!({"name": u.name, "kind": u.kind.name()})).collect::<Vec<_>>(),
             "nodes": nodes,
+            "step_groups": g.step_groups.as_ref().map(|s| json!({"groups": s.groups(), "edges": s.edges})),
         },
         "tensors": tensors,
         "size_by_dtype": by_dtype,

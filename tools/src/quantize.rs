@@ -57,12 +57,29 @@ pub struct QuantizeArgs {
     /// Activation range initialisation: the official L2.4 search over symmetric ranges (`mse`),
     /// the same search scaling both ends of [min, max] (`mse-asym`), the extremes over the
     /// calibration set (`minmax`, ONNX Runtime's default), or averaged per-batch percentiles
-    /// (`percentile`, see --act-percentile).
-    #[arg(long, default_value = "mse", value_parser = ["mse", "mse-asym", "minmax", "percentile"])]
+    /// (`percentile`, see --act-percentile; the default: it measured best on both shared models,
+    /// docs/RESULTS.md). EDA-DM's official initialisation is `mse`.
+    #[arg(long, default_value = "percentile", value_parser = ["mse", "mse-asym", "minmax", "percentile"])]
     act_init: String,
-    /// The percentile of `--act-init percentile` (the range is [P(100 − p), P(p)]).
-    #[arg(long, default_value_t = 99.99)]
-    act_percentile: f32,
+    /// The percentile of `--act-init percentile` (the range is [P(100 − p), P(p)]; default 99.999).
+    #[arg(long)]
+    act_percentile: Option<f32>,
+    /// Time-step-aware activation quantizers: `1` (one (Δ, zp) per quantizer for every step, as
+    /// EDA-DM), a number of groups of consecutive sampler steps, or `steps` (one group per
+    /// distinct timestep of the calibration set). Each group is initialised on its own steps'
+    /// samples; the runtime picks the group from t.
+    #[arg(long, default_value = "1")]
+    step_groups: String,
+    /// Bias correction: every conv and linear layer's bias absorbs the mean error its rounded
+    /// weights cause on the calibration inputs, `−(Ŵ − W)·E[x]` (zero cost at run time; on by
+    /// default, `false` for EDA-DM as published).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    bias_correction: bool,
+    /// Keep the output layer (the last conv, whose input stays f32 in every recipe) entirely in
+    /// f32 instead of 8-bit weights: the same speed, one rounding error less (on by default,
+    /// `false` for EDA-DM as published).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    fp_output_layer: bool,
     /// Q-Diffusion's split of the skip convolution on decoder concatenations (official: on).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     split: bool,
@@ -145,15 +162,22 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             bail!("{name} must be finite and positive");
         }
     }
-    if !(a.act_percentile.is_finite() && a.act_percentile > 50.0 && a.act_percentile <= 100.0) {
-        bail!("--act-percentile {}: must lie in (50, 100]", a.act_percentile);
+    let percentile = a.act_percentile.unwrap_or(99.999);
+    if !(percentile.is_finite() && percentile > 50.0 && percentile <= 100.0) {
+        bail!("--act-percentile {percentile}: must lie in (50, 100]");
     }
-    let act_init = ActInit::from_name(&a.act_init, a.act_percentile).expect("clap checked --act-init");
-    if !matches!(act_init, ActInit::Percentile(_)) && a.act_percentile != 99.99 {
+    let act_init = ActInit::from_name(&a.act_init, percentile).expect("clap checked --act-init");
+    if !matches!(act_init, ActInit::Percentile(_)) && a.act_percentile.is_some() {
         bail!(
             "--act-percentile sets the clip of --act-init percentile; it has no meaning with --act-init {}",
             a.act_init
         );
+    }
+    let Some(step_groups) = quant::StepGrouping::from_name(&a.step_groups) else {
+        bail!("--step-groups {}: give a number of groups (1 or more) or `steps`", a.step_groups);
+    };
+    if a.sensitivity.is_some() && step_groups != quant::StepGrouping::One {
+        bail!("--sensitivity does not support --step-groups yet (it analyses one set of activation quantizers)");
     }
     if a.sensitivity.is_some() && (a.sens_images == 0 || a.sens_steps == 0) {
         bail!("--sens-images and --sens-steps must be at least 1");
@@ -198,7 +222,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     }
     let (lr_w0, lr_a0) = if a.wbits == 4 { (5e-1, 5e-4) } else { (5e-2, 1e-3) };
     let cfg = QuantizeConfig {
-        structure: Structure { wbits: a.wbits, abits: a.abits, split: a.split },
+        structure: Structure { wbits: a.wbits, abits: a.abits, split: a.split, fp_last: a.fp_output_layer },
         recon: ReconConfig {
             method,
             iters: a.iters,
@@ -214,6 +238,8 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         init_batch: 64,
         chunk: 32,
         act_init,
+        step_groups,
+        bias_correction: a.bias_correction,
     };
     let ckpt = a.checkpoint.clone().unwrap_or_else(|| {
         let mut p = a.output.clone().into_os_string();
@@ -271,6 +297,9 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         (keys::QUANT_SPLIT.into(), MetaValue::Bool(a.split)),
         (keys::QUANT_SEED.into(), MetaValue::U64(cfg.seed)),
         (keys::QUANT_ACT_INIT.into(), MetaValue::Str(act_init.name())),
+        (keys::QUANT_STEP_GROUPS.into(), MetaValue::U64(out.model.num_groups() as u64)),
+        (keys::QUANT_BIAS_CORRECTION.into(), MetaValue::Bool(a.bias_correction)),
+        (keys::QUANT_FP_OUTPUT_LAYER.into(), MetaValue::Bool(a.fp_output_layer)),
         (keys::CALIB_SAMPLES.into(), MetaValue::U64(n as u64)),
         (keys::CALIB_SHA256.into(), MetaValue::Str(sha)),
     ];

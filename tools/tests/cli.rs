@@ -314,6 +314,8 @@ fn quantize_with_each_activation_initialisation() {
             calib.to_str().unwrap(),
             "--recon",
             "none",
+            "--act-init",
+            "mse",
             "--act-percentile",
             "99.9",
             "-o",
@@ -321,6 +323,49 @@ fn quantize_with_each_activation_initialisation() {
         ]),
         1,
         "--act-percentile",
+    );
+    assert!(!bad.exists());
+    // The default recipe (docs/RESULTS.md): percentile 99.999, corrected biases, an f32 output
+    // layer, one table for every step (a minor-0 file).
+    let def = d.join("default.edq");
+    let base =
+        ["quantize", model.as_str(), "--calib-set", calib.to_str().unwrap(), "--recon", "none", "--holdout", "8"];
+    let r = edadm(&[&base[..], &["-o", def.to_str().unwrap()]].concat());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value =
+        serde_json::from_slice(&edadm(&["inspect", def.to_str().unwrap(), "--json"]).stdout).unwrap();
+    assert_eq!(v["metadata"]["quant.act_init"], "percentile 99.999");
+    assert_eq!(v["metadata"]["quant.bias_correction"], true);
+    assert_eq!(v["metadata"]["quant.fp_output_layer"], true);
+    assert_eq!(v["metadata"]["quant.step_groups"], 1);
+    assert_eq!(v["header"]["version"], "1.0");
+    let last = v["graph"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|n| n["weight_bits"].is_null() && n["op"] == "Conv2d");
+    assert!(last.is_some(), "the output conv keeps f32 weights");
+    // Three time-step groups: a minor-1 file whose quantizers list one (Δ, zp) per group.
+    let grouped = d.join("grouped.edq");
+    let r = edadm(&[&base[..], &["--step-groups", "3", "-o", grouped.to_str().unwrap()]].concat());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value =
+        serde_json::from_slice(&edadm(&["inspect", grouped.to_str().unwrap(), "--json"]).stdout).unwrap();
+    assert_eq!(v["header"]["version"], "1.1");
+    assert_eq!(v["graph"]["step_groups"]["groups"], 3);
+    let conv_in = v["graph"]["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "conv_in").unwrap();
+    assert_eq!(conv_in["act_quant_steps"][0]["groups"].as_array().unwrap().len(), 3);
+    let text = String::from_utf8_lossy(&edadm(&["inspect", grouped.to_str().unwrap()]).stdout).to_string();
+    assert!(text.contains("3 activation-quantizer groups"), "{text}");
+    // It samples: every step's batch falls in one group, whichever the schedule.
+    let png = d.join("grouped.png");
+    let r = edadm(&["sample", grouped.to_str().unwrap(), "-n", "2", "--steps", "8", "-o", png.to_str().unwrap()]);
+    assert!(r.status.success() && png.exists(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_one_line_error(
+        &edadm(&[&base[..], &["--step-groups", "0", "-o", bad.to_str().unwrap()]].concat()),
+        1,
+        "--step-groups 0",
     );
     assert!(!bad.exists());
     std::fs::remove_dir_all(&d).unwrap();

@@ -19,6 +19,8 @@ pub(crate) struct GraphOffsets {
     pub(crate) inputs: Vec<u64>,
     pub(crate) units: Vec<u64>,
     pub(crate) nodes: Vec<u64>,
+    /// The time-step table, when present.
+    pub(crate) steps: Option<u64>,
 }
 
 fn unknown(what: &'static str, code: u32, offset: u64) -> FormatError {
@@ -85,6 +87,21 @@ pub(crate) fn encode_graph(g: &Graph) -> Vec<u8> {
         }
         e.len32(q.buf.len());
         e.buf.extend_from_slice(&q.buf);
+    }
+    // Format minor 1: the time-step table follows the nodes; minor-0 files end here.
+    if let Some(s) = &g.step_groups {
+        e.len32(s.edges.len());
+        for &v in &s.edges {
+            e.f32(v);
+        }
+        e.len32(s.entries.len());
+        for en in &s.entries {
+            e.u32(en.node);
+            e.u32(en.slot);
+            for a in &en.acts {
+                encode_act(&mut e, a);
+            }
+        }
     }
     e.buf
 }
@@ -227,7 +244,9 @@ fn encode_quant(e: &mut Encoder, q: &NodeQuant) {
     }
 }
 
-pub(crate) fn decode_graph(bytes: &[u8], base: u64) -> Result<(Graph, GraphOffsets), FormatError> {
+/// Decodes the graph section of a file of minor version `minor` (the time-step table exists
+/// from minor 1 on; in a minor-0 file bytes after the nodes are trailing bytes).
+pub(crate) fn decode_graph(bytes: &[u8], base: u64, minor: u16) -> Result<(Graph, GraphOffsets), FormatError> {
     let mut c = Cursor::new(bytes, base, "graph section");
     let mut offs = GraphOffsets { section: base, ..Default::default() };
     let at = c.offset();
@@ -307,8 +326,14 @@ pub(crate) fn decode_graph(bytes: &[u8], base: u64) -> Result<(Graph, GraphOffse
         offs.nodes.push(c.offset());
         nodes.push(decode_node(&mut c)?);
     }
+    let step_groups = if minor >= 1 && c.remaining() > 0 {
+        offs.steps = Some(c.offset());
+        Some(decode_steps(&mut c)?)
+    } else {
+        None
+    };
     c.finish()?;
-    Ok((Graph { num_values, inputs, outputs, units, nodes }, offs))
+    Ok((Graph { num_values, inputs, outputs, units, nodes, step_groups }, offs))
 }
 
 fn decode_node(c: &mut Cursor<'_>) -> Result<Node, FormatError> {
@@ -474,6 +499,27 @@ fn decode_act(c: &mut Cursor<'_>) -> Result<ActQuant, FormatError> {
     let a = ActQuant { delta: c.f32()?, zero_point: c.u8()?, bits: c.u8()? };
     c.reserved(2)?;
     Ok(a)
+}
+
+fn decode_steps(c: &mut Cursor<'_>) -> Result<StepGroups, FormatError> {
+    let e = c.count("time-step edge count", limits::MAX_STEP_GROUPS - 1, 4)?;
+    let mut edges = Vec::with_capacity(e);
+    for _ in 0..e {
+        edges.push(c.f32()?);
+    }
+    let per = 8 + e * ACT_QUANT_BYTES;
+    let n = c.count("time-step entry count", limits::MAX_NODES * limits::MAX_QUANT_GROUPS, per)?;
+    let mut entries = Vec::with_capacity(n);
+    for _ in 0..n {
+        let node = c.u32()?;
+        let slot = c.u32()?;
+        let mut acts = Vec::with_capacity(e);
+        for _ in 0..e {
+            acts.push(decode_act(c)?);
+        }
+        entries.push(StepEntry { node, slot, acts });
+    }
+    Ok(StepGroups { edges, entries })
 }
 
 fn decode_weight_quant(c: &mut Cursor<'_>) -> Result<WeightQuant, FormatError> {

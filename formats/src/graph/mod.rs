@@ -16,7 +16,7 @@ pub use op::{
     Attention, AttentionLayout, AvgPool2d, Conv2d, ConvTranspose2d, FreqDenominator, GeluApprox, GroupNorm, LayerNorm,
     LayerNormAxes, Linear, Op, Pad, Padding, ScalePlacement, SinusoidOrder, TimestepEmbedding,
 };
-pub use quant::{ActQuant, AttentionQuant, NodeQuant, QuantGroup, WeightQuant};
+pub use quant::{ActQuant, AttentionQuant, NodeQuant, QuantGroup, StepEntry, StepGroups, WeightQuant};
 
 pub(crate) use codec::{decode_graph, encode_graph};
 pub(crate) use validate::{TensorMeta, validate_graph};
@@ -46,12 +46,32 @@ pub struct Graph {
     pub units: Vec<Unit>,
     /// Nodes in topological order.
     pub nodes: Vec<Node>,
+    /// Time-step groups of the activation quantizers (format minor 1); `None`: one quantizer
+    /// per tensor for every timestep.
+    pub step_groups: Option<StepGroups>,
 }
 
 impl Graph {
     /// The value defined by the input of the given kind, if the graph has one.
     pub fn input(&self, kind: InputKindTag) -> Option<&GraphInput> {
         self.inputs.iter().find(|i| i.kind.tag() == kind)
+    }
+
+    /// Number of time-step groups (1 without a table).
+    pub fn num_step_groups(&self) -> usize {
+        self.step_groups.as_ref().map_or(1, StepGroups::groups)
+    }
+
+    /// Activation quantizer `slot` of node `node` for every time-step group (one entry without
+    /// a table); `None` when the node has no such quantizer. Assumes a validated graph.
+    pub fn act_quants(&self, node: usize, slot: u32) -> Option<Vec<ActQuant>> {
+        let base = self.nodes.get(node)?.quant.as_ref()?.act(slot)?;
+        let mut v = vec![base];
+        if let Some(s) = &self.step_groups {
+            let e = s.entries.iter().find(|e| e.node as usize == node && e.slot == slot)?;
+            v.extend_from_slice(&e.acts);
+        }
+        Some(v)
     }
 }
 

@@ -67,3 +67,60 @@ pub struct AttentionQuant {
     /// Quantizer of the softmax probabilities (usually unsigned, zero-point 0).
     pub prob: ActQuant,
 }
+
+/// Time-step-aware activation quantization (format minor 1, `docs/FORMAT.md` §5.5a): the
+/// activation quantizers hold one (Δ, zero-point) per group of timesteps. A network evaluation at
+/// timestep `t` uses group `#{e ∈ edges : e ≤ t}` for every quantizer, so group 0 holds the
+/// smallest timesteps (the end of sampling). Group 0's quantizers are the nodes' records; this
+/// table holds groups `1..G` of every activation quantizer of the graph.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct StepGroups {
+    /// The `G − 1` edges, finite and strictly increasing (1 to [`crate::limits::MAX_STEP_GROUPS`]` − 1`).
+    pub edges: Vec<f32>,
+    /// One entry per activation quantizer of the graph.
+    pub entries: Vec<StepEntry>,
+}
+
+/// The quantizers of groups `1..G` of one activation quantizer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepEntry {
+    /// The node.
+    pub node: u32,
+    /// Which of its quantizers: the input group of a weighted node, or q, k, v, probabilities
+    /// (0 to 3) of an attention node.
+    pub slot: u32,
+    /// Groups `1..G`, `G − 1` quantizers with the bits of the record's.
+    pub acts: Vec<ActQuant>,
+}
+
+impl StepGroups {
+    /// Number of groups `G`.
+    pub fn groups(&self) -> usize {
+        self.edges.len() + 1
+    }
+
+    /// The group of timestep `t` (group 0 for NaN).
+    pub fn group_of(&self, t: f32) -> usize {
+        self.edges.partition_point(|&e| e <= t)
+    }
+}
+
+impl NodeQuant {
+    /// The activation quantizer in `slot` (see [`StepEntry::slot`]), group 0.
+    pub fn act(&self, slot: u32) -> Option<ActQuant> {
+        match self {
+            NodeQuant::Weight(w) => w.groups.get(slot as usize).and_then(|g| g.input),
+            NodeQuant::Attention(a) => [a.q, a.k, a.v, a.prob].get(slot as usize).copied(),
+        }
+    }
+
+    /// Slots with an activation quantizer.
+    pub fn act_slots(&self) -> Vec<u32> {
+        match self {
+            NodeQuant::Weight(w) => {
+                (0..w.groups.len() as u32).filter(|&g| w.groups[g as usize].input.is_some()).collect()
+            }
+            NodeQuant::Attention(_) => vec![0, 1, 2, 3],
+        }
+    }
+}

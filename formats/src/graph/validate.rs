@@ -227,6 +227,58 @@ pub(crate) fn validate_graph(
     if let Some(v) = defined.iter().position(|d| !d) {
         return Err(cx.graph_err("", None, GraphProblem::UndefinedValue { value: v as u32 }));
     }
+    if let Some(s) = &g.step_groups {
+        let at = offs.and_then(|o| o.steps);
+        step_groups(g, s).map_err(|p| cx.graph_err("time-step table", at, p))?;
+    }
+    Ok(())
+}
+
+/// The time-step table: edges finite and increasing; exactly one entry per activation
+/// quantizer of the graph, each with `G − 1` valid quantizers of the record's bits.
+fn step_groups(g: &Graph, s: &StepGroups) -> Result<(), GraphProblem> {
+    let q = |m: String| GraphProblem::Quant(m);
+    if s.edges.is_empty() || s.edges.len() as u64 >= limits::MAX_STEP_GROUPS {
+        return Err(q(format!("{} edges (1 to {} allowed)", s.edges.len(), limits::MAX_STEP_GROUPS - 1)));
+    }
+    if s.edges.iter().any(|e| !e.is_finite()) || s.edges.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(q("edges must be finite and strictly increasing".into()));
+    }
+    let mut seen = HashSet::with_capacity(s.entries.len());
+    for en in &s.entries {
+        let what = format!("entry for node {} slot {}", en.node, en.slot);
+        let base = g
+            .nodes
+            .get(en.node as usize)
+            .and_then(|n| n.quant.as_ref())
+            .and_then(|r| r.act(en.slot))
+            .ok_or_else(|| q(format!("{what}: the node has no such activation quantizer")))?;
+        if !seen.insert((en.node, en.slot)) {
+            return Err(q(format!("{what}: given twice")));
+        }
+        if en.acts.len() != s.edges.len() {
+            return Err(q(format!(
+                "{what}: {} quantizers for {} groups after the first",
+                en.acts.len(),
+                s.edges.len()
+            )));
+        }
+        for (gi, a) in en.acts.iter().enumerate() {
+            act_quant(&format!("{what} group {}", gi + 1), a)?;
+            if a.bits != base.bits {
+                return Err(q(format!("{what} group {}: {} bits, the record has {}", gi + 1, a.bits, base.bits)));
+            }
+        }
+    }
+    for (ni, n) in g.nodes.iter().enumerate() {
+        if let Some(r) = &n.quant {
+            for slot in r.act_slots() {
+                if !seen.contains(&(ni as u32, slot)) {
+                    return Err(q(format!("node `{}` quantizer {slot} has no entry", n.name)));
+                }
+            }
+        }
+    }
     Ok(())
 }
 

@@ -336,6 +336,7 @@ pub fn tiny_model(quantized: bool) -> FileBuilder<'static> {
         outputs: vec![GraphOutput { value: ValueId(out), prediction: Prediction::Epsilon }],
         units,
         nodes,
+        step_groups: None,
     });
     b
 }

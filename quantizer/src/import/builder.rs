@@ -184,6 +184,7 @@ impl<'c> GraphBuilder<'c> {
             outputs: vec![GraphOutput { value: output, prediction }],
             units: self.units,
             nodes: self.nodes,
+            step_groups: None,
         });
         Ok(self.file)
     }

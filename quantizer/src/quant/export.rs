@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
-use edadm_format::graph::{AttentionQuant, NodeQuant, QuantGroup, TensorId, WeightQuant};
+use edadm_format::graph::{AttentionQuant, NodeQuant, Op, QuantGroup, StepEntry, StepGroups, TensorId, WeightQuant};
 use edadm_format::{DType, FileBuilder, MetaValue};
 use edadm_runtime::Model;
 
@@ -63,6 +63,34 @@ pub fn build(source: &Model, q: &QModel, meta: Vec<(String, MetaValue)>) -> Resu
             }
         }
     }
+    // Corrected biases: the node's own bias tensor is replaced (an unshared one), or a new one
+    // is added.
+    let mut bias_uses: HashMap<TensorId, usize> = HashMap::new();
+    for n in &graph.nodes {
+        for (_, t) in n.op.tensor_refs() {
+            *bias_uses.entry(t).or_default() += 1;
+        }
+    }
+    let mut bias_replaced: HashMap<TensorId, usize> = HashMap::new();
+    let mut bias_added: Vec<usize> = Vec::new();
+    for (ni, n) in q.nodes.iter().enumerate() {
+        if let Some(NodeQ::Weight(w)) = n
+            && w.bias.is_some()
+        {
+            match op_bias(&graph.nodes[ni].op) {
+                Some(t) if bias_uses.get(&t) == Some(&1) => {
+                    bias_replaced.insert(t, ni);
+                }
+                Some(_) => {
+                    return Err(QuantError::Invalid(format!(
+                        "{}: its bias tensor is shared, so it cannot be corrected",
+                        graph.nodes[ni].name
+                    )));
+                }
+                None => bias_added.push(ni),
+            }
+        }
+    }
     let mut b = FileBuilder::new();
     b.set_alignment(file.header().alignment).map_err(|e| QuantError::Invalid(e.to_string()))?;
     let mut md = file.metadata().clone();
@@ -83,9 +111,28 @@ pub fn build(source: &Model, q: &QModel, meta: Vec<(String, MetaValue)>) -> Resu
                 };
                 b.add_tensor(view.name, dtype, view.shape, bytes).map_err(err)?;
             }
-            None => {
-                b.add_tensor(view.name, view.dtype, view.shape, Cow::Borrowed(view.data)).map_err(err)?;
-            }
+            None => match bias_replaced.get(&view.id) {
+                Some(&ni) => {
+                    let bias = q.weight(ni).and_then(|w| w.bias.as_ref()).expect("corrected");
+                    let bytes: Vec<u8> = bias.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    b.add_tensor(view.name, DType::F32, view.shape, bytes).map_err(err)?;
+                }
+                None => {
+                    b.add_tensor(view.name, view.dtype, view.shape, Cow::Borrowed(view.data)).map_err(err)?;
+                }
+            },
+        }
+    }
+    for ni in bias_added {
+        let bias = q.weight(ni).and_then(|w| w.bias.as_ref()).expect("corrected");
+        let bytes: Vec<u8> = bias.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let name = format!("{}.bias_corrected", graph.nodes[ni].name);
+        let id = b.add_tensor(name, DType::F32, &[bias.len() as u64], bytes).map_err(err)?;
+        match &mut graph.nodes[ni].op {
+            Op::Conv2d(c) => c.bias = Some(id),
+            Op::ConvTranspose2d(c) => c.bias = Some(id),
+            Op::Linear(l) => l.bias = Some(id),
+            _ => unreachable!("weighted op"),
         }
     }
     for (ni, n) in q.nodes.iter().enumerate() {
@@ -120,8 +167,39 @@ pub fn build(source: &Model, q: &QModel, meta: Vec<(String, MetaValue)>) -> Resu
             }
         }
     }
+    graph.step_groups = q.steps.as_ref().map(|s| {
+        let mut entries: Vec<StepEntry> = q
+            .act_keys(0..q.nodes.len())
+            .into_iter()
+            .map(|(ni, slot)| StepEntry {
+                node: ni as u32,
+                slot: slot as u32,
+                acts: Vec::with_capacity(s.groups.len()),
+            })
+            .collect();
+        let index: HashMap<(u32, u32), usize> =
+            entries.iter().enumerate().map(|(i, e)| ((e.node, e.slot), i)).collect();
+        for group in &s.groups {
+            for &((ni, slot), a) in group {
+                if let Some(&i) = index.get(&(ni as u32, slot as u32)) {
+                    entries[i].acts.push(a.to_format());
+                }
+            }
+        }
+        StepGroups { edges: s.edges.clone(), entries }
+    });
     b.set_graph(graph);
     b.to_bytes().map_err(err)
+}
+
+/// The bias tensor of a weighted op.
+fn op_bias(op: &Op) -> Option<TensorId> {
+    match op {
+        Op::Conv2d(c) => c.bias,
+        Op::ConvTranspose2d(c) => c.bias,
+        Op::Linear(l) => l.bias,
+        _ => None,
+    }
 }
 
 /// Builds and writes the quantized file atomically; returns its size.

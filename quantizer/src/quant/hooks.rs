@@ -42,6 +42,8 @@ pub struct QHooks<'a> {
     kernels: Option<edadm_kernels::Kernels>,
     /// Only these activation quantizers and weighted nodes are quantized (the rest stay FP).
     only: Option<&'a Only>,
+    /// Corrected biases by node.
+    biases: Vec<Option<Tensor>>,
 }
 
 /// A subset of the quantized model: activation quantizers by key `(node, group)` and weighted
@@ -68,6 +70,17 @@ impl<'a> QHooks<'a> {
             ints: None,
             kernels: None,
             only: None,
+            biases: q
+                .nodes
+                .iter()
+                .map(|n| match n {
+                    Some(super::model::NodeQ::Weight(w)) => w
+                        .bias
+                        .as_ref()
+                        .and_then(|b| Tensor::from_vec(b.clone(), b.len(), &candle_core::Device::Cpu).ok()),
+                    _ => None,
+                })
+                .collect(),
         }
     }
 
@@ -175,6 +188,13 @@ impl Hooks for QHooks<'_> {
 
     fn input(&self, ni: usize, g: usize, x: Tensor) -> Result<Tensor> {
         self.quantize(ni, g, x)
+    }
+
+    fn bias(&self, ni: usize) -> Option<Tensor> {
+        if self.only.is_some_and(|o| !o.weights.contains(&ni)) {
+            return None;
+        }
+        self.biases[ni].clone()
     }
 
     fn probs(&self, ni: usize, p: Tensor) -> Result<Tensor> {

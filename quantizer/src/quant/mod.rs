@@ -16,12 +16,16 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 pub use hooks::{Only, QHooks, Trainable};
-pub use model::{ActQ, NodeQ, QModel, Structure, WGroup, WNode};
+pub use model::{ActQ, NodeQ, QModel, StepActs, Structure, WGroup, WNode};
 pub use recon::{IterProgress, Recon, ReconConfig, UnitReport, UnitSpec};
 
 use crate::calib::{CalibSet, Rng};
 use crate::error::{QuantError, Result};
-use crate::net::{Fp, Net, tensor4};
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+
+use crate::net::{Fp, Hooks, Net, tensor4};
 
 /// Everything that decides a quantization run.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,6 +47,77 @@ pub struct QuantizeConfig {
     /// How activation ranges are initialised (official: the L2.4 search).
     #[serde(default)]
     pub act_init: crate::grid::ActInit,
+    /// Time-step-aware activation quantizers (official: one set for every step).
+    #[serde(default)]
+    pub step_groups: StepGrouping,
+    /// Bias correction of the weight quantization error (not in EDA-DM): every conv and linear
+    /// layer's bias absorbs `−(Ŵ − W)·E[x]`, the mean shift its rounded weights cause.
+    #[serde(default)]
+    pub bias_correction: bool,
+}
+
+/// How the activation quantizers depend on the timestep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepGrouping {
+    /// One (Δ, zp) per quantizer for every step (EDA-DM, official).
+    #[default]
+    One,
+    /// This many groups of consecutive sampler steps, each with its own (Δ, zp) per quantizer.
+    /// The distinct timesteps of the initialisation samples (their sampler steps) are split into
+    /// runs of (nearly) equal length; capped at the number of distinct timesteps.
+    Groups(u32),
+    /// One group per distinct timestep of the initialisation samples.
+    PerStep,
+}
+
+impl StepGrouping {
+    /// From the command line: `1`, a group count, or `steps`.
+    pub fn from_name(s: &str) -> Option<StepGrouping> {
+        match s {
+            "steps" => Some(StepGrouping::PerStep),
+            n => match n.parse::<u32>().ok()? {
+                0 => None,
+                1 => Some(StepGrouping::One),
+                g => Some(StepGrouping::Groups(g)),
+            },
+        }
+    }
+
+    /// Name for metadata and reports.
+    pub fn name(self) -> String {
+        match self {
+            StepGrouping::One => "1".into(),
+            StepGrouping::Groups(g) => g.to_string(),
+            StepGrouping::PerStep => "steps".into(),
+        }
+    }
+
+    /// The edges of the groups for a calibration set's timesteps `ts`: consecutive runs of its
+    /// distinct timesteps, the edges halfway between runs. Empty for one group.
+    pub fn edges(self, ts: &[f32]) -> Result<Vec<f32>> {
+        let mut d: Vec<f32> = ts.iter().copied().filter(|t| t.is_finite()).collect();
+        d.sort_by(f32::total_cmp);
+        d.dedup();
+        let want = match self {
+            StepGrouping::One | StepGrouping::Groups(0 | 1) => return Ok(Vec::new()),
+            StepGrouping::Groups(g) => g as usize,
+            StepGrouping::PerStep => d.len(),
+        };
+        if d.len() < 2 {
+            return Err(QuantError::Invalid(format!(
+                "--step-groups {}: the calibration set has {} distinct timesteps; time-step groups need at least 2",
+                self.name(),
+                d.len()
+            )));
+        }
+        let g = want.min(d.len()).min(edadm_format::limits::MAX_STEP_GROUPS as usize);
+        Ok((1..g)
+            .map(|k| {
+                let i = k * d.len() / g;
+                0.5 * (d[i - 1] + d[i])
+            })
+            .collect())
+    }
 }
 
 impl QuantizeConfig {
@@ -50,7 +125,7 @@ impl QuantizeConfig {
     pub fn official(wbits: u32, method: Recon) -> QuantizeConfig {
         let (lr_w, lr_a) = if wbits == 4 { (5e-1, 5e-4) } else { (5e-2, 1e-3) };
         QuantizeConfig {
-            structure: Structure { wbits, abits: 8, split: true },
+            structure: Structure { wbits, abits: 8, split: true, fp_last: false },
             recon: ReconConfig { method, iters: 5000, batch: 32, lr_w, lr_a, gamma: 0.8, drop_prob: 0.5 },
             seed: 1234,
             holdout: 0,
@@ -58,6 +133,8 @@ impl QuantizeConfig {
             init_batch: 64,
             chunk: 32,
             act_init: crate::grid::ActInit::Mse,
+            step_groups: StepGrouping::One,
+            bias_correction: false,
         }
     }
 }
@@ -128,8 +205,24 @@ pub struct Outcome {
     pub report: RunReport,
 }
 
-/// Mean squared error of the network output against FP over the samples `rows` of `set`.
+/// Mean squared error of the network output against FP over the samples `rows` of `set` (each
+/// sample through its time-step group's quantizers).
 pub fn eps_mse(net: &Net, q: &QModel, set: &CalibSet, rows: &[usize], batch: usize) -> Result<f64> {
+    if q.steps.is_none() {
+        return eps_mse_one(net, q, set, rows, batch);
+    }
+    let (mut sum, mut n) = (0.0, 0usize);
+    for g in 0..q.num_groups() {
+        let mine: Vec<usize> = rows.iter().copied().filter(|&r| q.group_of(set.t[r]) == g).collect();
+        if !mine.is_empty() {
+            sum += eps_mse_one(net, &q.at_group(g), set, &mine, batch)? * mine.len() as f64;
+            n += mine.len();
+        }
+    }
+    Ok(sum / n.max(1) as f64)
+}
+
+fn eps_mse_one(net: &Net, q: &QModel, set: &CalibSet, rows: &[usize], batch: usize) -> Result<f64> {
     let weights = q.weight_tensors(net)?;
     let ints = q.int_tensors(net)?;
     let hooks = QHooks::new(q, &weights).integer(&ints);
@@ -152,10 +245,7 @@ pub fn eps_mse(net: &Net, q: &QModel, set: &CalibSet, rows: &[usize], batch: usi
     Ok(sum / n.max(1) as f64)
 }
 
-fn channel_counts(
-    net: &Net,
-    calib: &CalibSet,
-) -> Result<std::collections::HashMap<edadm_format::graph::ValueId, usize>> {
+fn channel_counts(net: &Net, calib: &CalibSet) -> Result<HashMap<edadm_format::graph::ValueId, usize>> {
     let [c, h, w] = calib.sample_shape;
     let x = tensor4(calib.sample(0), [1, c, h, w], &net.device)?;
     let mut env = net.inputs(x, &calib.t[..1])?;
@@ -169,6 +259,21 @@ fn channel_counts(
 pub fn initialise(net: &Net, calib: &CalibSet, rows: &[usize], cfg: &QuantizeConfig) -> Result<QModel> {
     let channels = channel_counts(net, calib)?;
     let mut q = QModel::new(net, cfg.structure, &channels)?;
+    for (k, a) in observe_acts(net, &q, calib, rows, cfg)? {
+        q.set_act(k.0, k.1, a);
+    }
+    Ok(q)
+}
+
+/// The activation quantizers of `q` initialised on the samples `rows` (the EMA over batches on
+/// the weight-quantized model with every activation quantizer on), by key `(node, group)`.
+fn observe_acts(
+    net: &Net,
+    q: &QModel,
+    calib: &CalibSet,
+    rows: &[usize],
+    cfg: &QuantizeConfig,
+) -> Result<Vec<((usize, usize), ActQ)>> {
     let weights = q.weight_tensors(net)?;
     let [c, h, w] = calib.sample_shape;
     let mut ranges = model::Ranges::new();
@@ -179,20 +284,65 @@ pub fn initialise(net: &Net, calib: &CalibSet, rows: &[usize], cfg: &QuantizeCon
             x.extend_from_slice(calib.sample(r));
             t.push(calib.t[r]);
         }
-        let hooks = QHooks::new(&q, &weights).observing(std::mem::take(&mut ranges), cfg.act_init);
+        let hooks = QHooks::new(q, &weights).observing(std::mem::take(&mut ranges), cfg.act_init);
         net.forward(tensor4(&x, [part.len(), c, h, w], &net.device)?, &t, &hooks)?;
         ranges = hooks.into_ranges();
-    }
-    for (&(ni, g), r) in &ranges {
-        let grid = r.grid().expect("observed");
-        let bits = q.act(ni, g).expect("quantizer").bits;
-        q.set_act(ni, g, ActQ::from_grid(grid, bits));
     }
     let missing = q.act_keys(0..net.graph.nodes.len()).into_iter().filter(|k| !ranges.contains_key(k)).count();
     if missing > 0 {
         return Err(QuantError::Invalid(format!("{missing} activation quantizers saw no data during initialisation")));
     }
-    Ok(q)
+    let mut acts: Vec<((usize, usize), ActQ)> = ranges
+        .iter()
+        .map(|(&(ni, g), r)| {
+            let bits = q.act(ni, g).expect("quantizer").bits;
+            ((ni, g), ActQ::from_grid(r.grid().expect("observed"), bits))
+        })
+        .collect();
+    acts.sort_by_key(|a| a.0);
+    Ok(acts)
+}
+
+/// `q` with time-step-aware activation quantizers: the groups' edges from the timesteps of the
+/// samples `rows`, each group's quantizers initialised (as [`initialise`] does) on the samples
+/// of `rows` in that group, on `q`'s weights (one group: on all of `rows`).
+pub fn with_step_groups(
+    net: &Net,
+    q: &QModel,
+    calib: &CalibSet,
+    rows: &[usize],
+    cfg: &QuantizeConfig,
+) -> Result<QModel> {
+    let ts: Vec<f32> = rows.iter().map(|&r| calib.t[r]).collect();
+    let edges = cfg.step_groups.edges(&ts)?;
+    if edges.is_empty() {
+        let mut out = q.at_group(0);
+        for ((ni, slot), a) in observe_acts(net, q, calib, rows, cfg)? {
+            out.set_act(ni, slot, a);
+        }
+        return Ok(out);
+    }
+    let mut out = q.at_group(0);
+    let mut groups = Vec::with_capacity(edges.len());
+    for g in 0..=edges.len() {
+        let mine: Vec<usize> = rows.iter().copied().filter(|&r| model::group_of(&edges, calib.t[r]) == g).collect();
+        if mine.is_empty() {
+            return Err(QuantError::Invalid(format!(
+                "time-step group {g} of {} has no initialisation samples",
+                edges.len() + 1
+            )));
+        }
+        let acts = observe_acts(net, q, calib, &mine, cfg)?;
+        if g == 0 {
+            for &((ni, slot), a) in &acts {
+                out.set_act(ni, slot, a);
+            }
+        } else {
+            groups.push(acts);
+        }
+    }
+    out.steps = Some(StepActs { edges, groups });
+    Ok(out)
 }
 
 /// The split of the calibration rows: (training rows, held-out rows).
@@ -259,7 +409,13 @@ pub fn quantize(
         None => {
             progress(Event::Stage("initialising weight and activation quantizers"));
             let t0 = Instant::now();
-            let init = initialise(net, calib, &init_rows, cfg)?;
+            let init = if r.method == Recon::None && cfg.step_groups != StepGrouping::One {
+                // Nothing is reconstructed: the single table would be replaced by the groups'.
+                let weights_only = QModel::new(net, cfg.structure, &channel_counts(net, calib)?)?;
+                with_step_groups(net, &weights_only, calib, &init_rows, cfg)?
+            } else {
+                initialise(net, calib, &init_rows, cfg)?
+            };
             report.seconds_init = t0.elapsed().as_secs_f64();
             if let Some(p) = ckpt {
                 checkpoint::save(p, &fingerprint, &init, &init, 0, &report.units, report.seconds_init)?;
@@ -320,7 +476,27 @@ pub fn quantize(
         }
     }
     report.seconds_recon = t0.elapsed().as_secs_f64();
+    let (init, q) = if cfg.step_groups == StepGrouping::One || q.steps.is_some() {
+        (init, q)
+    } else {
+        progress(Event::Stage("initialising the activation quantizers of each time-step group"));
+        let t0 = Instant::now();
+        let gi = with_step_groups(net, &init, calib, &init_rows, cfg)?;
+        // After reconstruction the groups are initialised on the reconstructed weights (the
+        // learned single-table steps are replaced).
+        let gq = if q == init { gi.clone() } else { with_step_groups(net, &q, calib, &init_rows, cfg)? };
+        let grouped = (gi, gq);
+        report.seconds_init += t0.elapsed().as_secs_f64();
+        grouped
+    };
 
+    let (init, mut q) = if cfg.bias_correction {
+        progress(Event::Stage("correcting the biases for the weights' rounding"));
+        let means = input_means(net, calib, &init_rows, cfg.init_batch)?;
+        (bias_corrected(net, &init, &means)?, bias_corrected(net, &q, &means)?)
+    } else {
+        (init, q)
+    };
     progress(Event::Stage("checking the whole model against its initialisation"));
     let (set, rows): (&CalibSet, Vec<usize>) = match eval {
         Some(e) => (e, (0..e.len()).collect()),
@@ -338,4 +514,125 @@ pub fn quantize(
         report.eps_mse_final = report.eps_mse_init;
     }
     Ok(Outcome { model: q, report })
+}
+
+/// FP hooks that average every weighted node's input per input channel (axis 1 of an image,
+/// the last axis of a vector or token sequence).
+struct InputMeans<'a> {
+    q: &'a [bool],
+    sums: std::cell::RefCell<HashMap<usize, (Vec<f64>, usize)>>,
+}
+
+impl Hooks for InputMeans<'_> {
+    fn input(&self, ni: usize, _g: usize, x: Tensor) -> Result<Tensor> {
+        if self.q.get(ni).copied().unwrap_or(false) {
+            let dims = x.dims().to_vec();
+            let v = crate::net::to_vec(&x)?;
+            let (c, inner) = if dims.len() == 4 { (dims[1], dims[2] * dims[3]) } else { (dims[dims.len() - 1], 1) };
+            let mut sums = self.sums.borrow_mut();
+            let e = sums.entry(ni).or_insert_with(|| (vec![0.0; c], 0));
+            if e.0.len() == c {
+                if dims.len() == 4 {
+                    for (i, &val) in v.iter().enumerate() {
+                        e.0[(i / inner) % c] += f64::from(val);
+                    }
+                    e.1 += dims[0] * inner;
+                } else {
+                    for (i, &val) in v.iter().enumerate() {
+                        e.0[i % c] += f64::from(val);
+                    }
+                    e.1 += v.len() / c;
+                }
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// Per weighted node, the mean of its FP input per input channel over the samples `rows`.
+pub fn input_means(net: &Net, calib: &CalibSet, rows: &[usize], batch: usize) -> Result<HashMap<usize, Vec<f64>>> {
+    let weighted: Vec<bool> = net.graph.nodes.iter().map(|n| n.op.is_weighted()).collect();
+    let hooks = InputMeans { q: &weighted, sums: Default::default() };
+    let [c, h, w] = calib.sample_shape;
+    for part in rows.chunks(batch.max(1)) {
+        let mut x = Vec::new();
+        let mut t = Vec::new();
+        for &r in part {
+            x.extend_from_slice(calib.sample(r));
+            t.push(calib.t[r]);
+        }
+        net.forward(tensor4(&x, [part.len(), c, h, w], &net.device)?, &t, &hooks)?;
+    }
+    Ok(hooks
+        .sums
+        .into_inner()
+        .into_iter()
+        .map(|(ni, (s, n))| (ni, s.iter().map(|v| v / n.max(1) as f64).collect()))
+        .collect())
+}
+
+/// `q` with every conv and linear bias corrected for the mean error of its rounded weights:
+/// `b[c] − Σ_{i,k} (Ŵ − W)[c, i, k]·E[x_i]` (borders ignored; divided by the stride area for a
+/// transposed convolution).
+pub fn bias_corrected(net: &Net, q: &QModel, means: &HashMap<usize, Vec<f64>>) -> Result<QModel> {
+    let mut out = q.clone();
+    for ni in 0..out.nodes.len() {
+        let Some(m) = means.get(&ni) else { continue };
+        let Some(wn) = out.weight_mut(ni) else { continue };
+        if m.is_empty() || m.len() % wn.inp != 0 {
+            continue;
+        }
+        // A transposed convolution spreads each input over `stride²` output positions: an
+        // output pixel receives `1/stride²` of the kernel's taps on average (exactly, away from
+        // the borders, when the kernel is a multiple of the stride).
+        let spread = match &net.graph.nodes[ni].op {
+            edadm_format::graph::Op::ConvTranspose2d(c) => f64::from(c.stride[0] * c.stride[1]),
+            _ => 1.0,
+        };
+        let (fp, _, _) = model::fp_rows(net, ni)?;
+        let deq = wn.dequant_rows();
+        let (row, k) = (wn.row(), wn.kernel);
+        let conv_groups = m.len() / wn.inp;
+        let per_group = (wn.out / conv_groups).max(1);
+        let base = match &net.params[ni].bias {
+            Some(b) => crate::net::to_vec(b)?,
+            None => vec![0.0; wn.out],
+        };
+        let bias = (0..wn.out)
+            .map(|c| {
+                let m0 = (c / per_group) * wn.inp;
+                let corr: f64 = (0..row).map(|j| f64::from(deq[c * row + j] - fp[c * row + j]) * m[m0 + j / k]).sum();
+                (f64::from(base[c]) - corr / spread) as f32
+            })
+            .collect();
+        wn.bias = Some(bias);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_groups_split_the_distinct_timesteps_into_runs_with_edges_halfway() {
+        assert_eq!(StepGrouping::from_name("1"), Some(StepGrouping::One));
+        assert_eq!(StepGrouping::from_name("10"), Some(StepGrouping::Groups(10)));
+        assert_eq!(StepGrouping::from_name("steps"), Some(StepGrouping::PerStep));
+        assert_eq!(StepGrouping::from_name("0"), None);
+        assert_eq!(StepGrouping::from_name("x"), None);
+        // Nine distinct timesteps (repeats and order do not matter), three groups of three.
+        let ts = [990.0, 10.0, 20.0, 30.0, 500.0, 510.0, 520.0, 980.0, 970.0, 10.0, 500.0];
+        assert_eq!(StepGrouping::Groups(3).edges(&ts).unwrap(), vec![265.0, 745.0]);
+        assert!(StepGrouping::One.edges(&ts).unwrap().is_empty());
+        // More groups than timesteps: one per timestep, like `steps`.
+        let per = StepGrouping::PerStep.edges(&ts).unwrap();
+        assert_eq!(per, StepGrouping::Groups(50).edges(&ts).unwrap());
+        assert_eq!(per, vec![15.0, 25.0, 265.0, 505.0, 515.0, 745.0, 975.0, 985.0]);
+        for (i, &t) in [10.0f32, 20.0, 30.0, 500.0, 510.0, 520.0, 970.0, 980.0, 990.0].iter().enumerate() {
+            assert_eq!(model::group_of(&per, t), i);
+        }
+        let e = StepGrouping::Groups(4).edges(&[7.0, 7.0]).unwrap_err().to_string();
+        assert!(e.contains("1 distinct timesteps"), "{e}");
+    }
 }

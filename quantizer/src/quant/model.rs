@@ -74,6 +74,10 @@ pub struct WNode {
     pub groups: Vec<WGroup>,
     /// Whether the integers came from AdaRound (else nearest rounding).
     pub adaround: bool,
+    /// Bias correction: the bias that replaces the op's (`b − (Ŵ − W)·E[x]` per output
+    /// channel), when corrected.
+    #[serde(default)]
+    pub bias: Option<Vec<f32>>,
     /// Integer weights in the row layout `[out, in, kernel]`.
     #[serde(skip)]
     pub ints: Vec<i8>,
@@ -156,6 +160,10 @@ pub struct Structure {
     pub abits: u32,
     /// Q-Diffusion's split skip convolution (METHOD.md §2.7).
     pub split: bool,
+    /// The output layer (the last conv or linear, whose input stays f32) keeps f32 weights
+    /// instead of 8-bit ones: no integer work is lost, it runs in f32 either way.
+    #[serde(default)]
+    pub fp_last: bool,
 }
 
 /// The whole quantized model.
@@ -165,6 +173,24 @@ pub struct QModel {
     pub structure: Structure,
     /// Per graph node.
     pub nodes: Vec<Option<NodeQ>>,
+    /// Time-step-aware activation quantizers: the nodes hold group 0's.
+    #[serde(default)]
+    pub steps: Option<StepActs>,
+}
+
+/// The activation quantizers of time-step groups `1..G` (the format's table, `docs/FORMAT.md`
+/// §5.5a): a network evaluation at timestep `t` uses group `#{e ∈ edges : e ≤ t}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepActs {
+    /// The `G − 1` increasing edges.
+    pub edges: Vec<f32>,
+    /// Per group `1..G`, every activation quantizer by key `(node, group)`.
+    pub groups: Vec<Vec<((usize, usize), ActQ)>>,
+}
+
+/// The time-step group of `t` for `edges` (the format's rule; group 0 for NaN).
+pub fn group_of(edges: &[f32], t: f32) -> usize {
+    edges.partition_point(|&e| e <= t)
 }
 
 /// The FP weight of a node in the row layout `[out, in, ...]`, with that shape.
@@ -202,6 +228,9 @@ impl QModel {
         let placeholder = ActQ { delta: 1.0, zero_point: 0.0, bits: s.abits };
         let mut nodes = vec![None; g.nodes.len()];
         for &ni in &weighted {
+            if ni == last && s.fp_last {
+                continue;
+            }
             let node = &g.nodes[ni];
             let (w, shape, transposed) = fp_rows(net, ni)?;
             let out = shape[0];
@@ -233,6 +262,7 @@ impl QModel {
                 transposed,
                 groups: bounds.iter().map(|&(start, end)| WGroup { start, end, scales: Vec::new(), input }).collect(),
                 adaround: false,
+                bias: None,
                 ints: vec![0; w.len()],
             };
             for gi in 0..wn.groups.len() {
@@ -255,7 +285,30 @@ impl QModel {
                 nodes[ni] = Some(NodeQ::Attention([placeholder; 4]));
             }
         }
-        Ok(QModel { structure: s, nodes })
+        Ok(QModel { structure: s, nodes, steps: None })
+    }
+
+    /// Number of time-step groups (1 without a table).
+    pub fn num_groups(&self) -> usize {
+        self.steps.as_ref().map_or(1, |s| s.edges.len() + 1)
+    }
+
+    /// The time-step group of `t`.
+    pub fn group_of(&self, t: f32) -> usize {
+        self.steps.as_ref().map_or(0, |s| group_of(&s.edges, t))
+    }
+
+    /// The model as it runs in time-step group `g`: that group's activation quantizers, no table.
+    pub fn at_group(&self, g: usize) -> QModel {
+        let mut q = QModel { structure: self.structure, nodes: self.nodes.clone(), steps: None };
+        if let Some(s) = &self.steps
+            && g > 0
+        {
+            for &((ni, slot), a) in &s.groups[g - 1] {
+                q.set_act(ni, slot, a);
+            }
+        }
+        q
     }
 
     /// The weighted node `ni`.
