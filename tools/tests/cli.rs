@@ -287,49 +287,16 @@ fn quantize_with_each_activation_initialisation() {
     // percentiles; the symmetric search spans [−r, r] around zero.
     assert!(deltas[2] >= deltas[1] * 0.999 && deltas[2] > deltas[3], "{deltas:?}");
     let bad = d.join("bad.edq");
-    assert_one_line_error(
-        &edadm(&[
-            "quantize",
-            &model,
-            "--calib-set",
-            calib.to_str().unwrap(),
-            "--recon",
-            "none",
-            "--act-init",
-            "percentile",
-            "--act-percentile",
-            "40",
-            "-o",
-            bad.to_str().unwrap(),
-        ]),
-        1,
-        "--act-percentile 40",
-    );
+    let base =
+        ["quantize", model.as_str(), "--calib-set", calib.to_str().unwrap(), "--recon", "none", "--holdout", "8"];
+    let with = |extra: &[&str]| edadm(&[&base[..], extra, &["-o", bad.to_str().unwrap()]].concat());
+    assert_one_line_error(&with(&["--act-init", "percentile", "--act-percentile", "40"]), 1, "--act-percentile 40");
     assert!(!bad.exists());
-    assert_one_line_error(
-        &edadm(&[
-            "quantize",
-            &model,
-            "--calib-set",
-            calib.to_str().unwrap(),
-            "--recon",
-            "none",
-            "--act-init",
-            "mse",
-            "--act-percentile",
-            "99.9",
-            "-o",
-            bad.to_str().unwrap(),
-        ]),
-        1,
-        "--act-percentile",
-    );
+    assert_one_line_error(&with(&["--act-init", "mse", "--act-percentile", "99.9"]), 1, "--act-percentile");
     assert!(!bad.exists());
     // The default recipe (docs/RESULTS.md): percentile 99.999, corrected biases, an f32 output
     // layer, one table for every step (a minor-0 file).
     let def = d.join("default.edq");
-    let base =
-        ["quantize", model.as_str(), "--calib-set", calib.to_str().unwrap(), "--recon", "none", "--holdout", "8"];
     let r = edadm(&[&base[..], &["-o", def.to_str().unwrap()]].concat());
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let v: serde_json::Value =
@@ -362,11 +329,7 @@ fn quantize_with_each_activation_initialisation() {
     let png = d.join("grouped.png");
     let r = edadm(&["sample", grouped.to_str().unwrap(), "-n", "2", "--steps", "8", "-o", png.to_str().unwrap()]);
     assert!(r.status.success() && png.exists(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_one_line_error(
-        &edadm(&[&base[..], &["--step-groups", "0", "-o", bad.to_str().unwrap()]].concat()),
-        1,
-        "--step-groups 0",
-    );
+    assert_one_line_error(&with(&["--step-groups", "0"]), 1, "--step-groups 0");
     assert!(!bad.exists());
     std::fs::remove_dir_all(&d).unwrap();
 }

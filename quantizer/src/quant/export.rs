@@ -113,9 +113,7 @@ pub fn build(source: &Model, q: &QModel, meta: Vec<(String, MetaValue)>) -> Resu
             }
             None => match bias_replaced.get(&view.id) {
                 Some(&ni) => {
-                    let bias = q.weight(ni).and_then(|w| w.bias.as_ref()).expect("corrected");
-                    let bytes: Vec<u8> = bias.iter().flat_map(|v| v.to_le_bytes()).collect();
-                    b.add_tensor(view.name, DType::F32, view.shape, bytes).map_err(err)?;
+                    b.add_tensor(view.name, DType::F32, view.shape, corrected_bias(q, ni)).map_err(err)?;
                 }
                 None => {
                     b.add_tensor(view.name, view.dtype, view.shape, Cow::Borrowed(view.data)).map_err(err)?;
@@ -124,10 +122,9 @@ pub fn build(source: &Model, q: &QModel, meta: Vec<(String, MetaValue)>) -> Resu
         }
     }
     for ni in bias_added {
-        let bias = q.weight(ni).and_then(|w| w.bias.as_ref()).expect("corrected");
-        let bytes: Vec<u8> = bias.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = corrected_bias(q, ni);
         let name = format!("{}.bias_corrected", graph.nodes[ni].name);
-        let id = b.add_tensor(name, DType::F32, &[bias.len() as u64], bytes).map_err(err)?;
+        let id = b.add_tensor(name, DType::F32, &[bytes.len() as u64 / 4], bytes).map_err(err)?;
         match &mut graph.nodes[ni].op {
             Op::Conv2d(c) => c.bias = Some(id),
             Op::ConvTranspose2d(c) => c.bias = Some(id),
@@ -190,6 +187,12 @@ pub fn build(source: &Model, q: &QModel, meta: Vec<(String, MetaValue)>) -> Resu
     });
     b.set_graph(graph);
     b.to_bytes().map_err(err)
+}
+
+/// The corrected bias of weighted node `ni`, f32 little-endian bytes.
+fn corrected_bias(q: &QModel, ni: usize) -> Vec<u8> {
+    let bias = q.weight(ni).and_then(|w| w.bias.as_ref()).expect("corrected");
+    bias.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 /// The bias tensor of a weighted op.

@@ -205,6 +205,16 @@ pub struct Outcome {
     pub report: RunReport,
 }
 
+/// The samples `rows` of `set` as a batch: `x` `[N, C, H, W]` on the net's device and `t`.
+pub fn sample_batch(net: &Net, set: &CalibSet, rows: &[usize]) -> Result<(Tensor, Vec<f32>)> {
+    let [c, h, w] = set.sample_shape;
+    let mut x = Vec::with_capacity(rows.len() * c * h * w);
+    for &r in rows {
+        x.extend_from_slice(set.sample(r));
+    }
+    Ok((tensor4(&x, [rows.len(), c, h, w], &net.device)?, rows.iter().map(|&r| set.t[r]).collect()))
+}
+
 /// Mean squared error of the network output against FP over the samples `rows` of `set` (each
 /// sample through its time-step group's quantizers).
 pub fn eps_mse(net: &Net, q: &QModel, set: &CalibSet, rows: &[usize], batch: usize) -> Result<f64> {
@@ -229,15 +239,9 @@ fn eps_mse_one(net: &Net, q: &QModel, set: &CalibSet, rows: &[usize], batch: usi
     let [c, h, w] = set.sample_shape;
     let (mut sum, mut n) = (0.0f64, 0usize);
     for part in rows.chunks(batch.max(1)) {
-        let mut x = Vec::new();
-        let mut t = Vec::new();
-        for &r in part {
-            x.extend_from_slice(set.sample(r));
-            t.push(set.t[r]);
-        }
-        let xt = tensor4(&x, [part.len(), c, h, w], &net.device)?;
-        let yf = net.forward(xt.clone(), &t, &Fp)?;
-        let yq = net.forward(xt, &t, &hooks)?;
+        let (x, t) = sample_batch(net, set, part)?;
+        let yf = net.forward(x.clone(), &t, &Fp)?;
+        let yq = net.forward(x, &t, &hooks)?;
         let d = (yq - yf)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
         sum += f64::from(d);
         n += part.len() * c * h * w;
@@ -275,17 +279,11 @@ fn observe_acts(
     cfg: &QuantizeConfig,
 ) -> Result<Vec<((usize, usize), ActQ)>> {
     let weights = q.weight_tensors(net)?;
-    let [c, h, w] = calib.sample_shape;
     let mut ranges = model::Ranges::new();
     for part in rows.chunks(cfg.init_batch.max(1)) {
-        let mut x = Vec::new();
-        let mut t = Vec::new();
-        for &r in part {
-            x.extend_from_slice(calib.sample(r));
-            t.push(calib.t[r]);
-        }
+        let (x, t) = sample_batch(net, calib, part)?;
         let hooks = QHooks::new(q, &weights).observing(std::mem::take(&mut ranges), cfg.act_init);
-        net.forward(tensor4(&x, [part.len(), c, h, w], &net.device)?, &t, &hooks)?;
+        net.forward(x, &t, &hooks)?;
         ranges = hooks.into_ranges();
     }
     let missing = q.act_keys(0..net.graph.nodes.len()).into_iter().filter(|k| !ranges.contains_key(k)).count();
@@ -553,15 +551,9 @@ impl Hooks for InputMeans<'_> {
 pub fn input_means(net: &Net, calib: &CalibSet, rows: &[usize], batch: usize) -> Result<HashMap<usize, Vec<f64>>> {
     let weighted: Vec<bool> = net.graph.nodes.iter().map(|n| n.op.is_weighted()).collect();
     let hooks = InputMeans { q: &weighted, sums: Default::default() };
-    let [c, h, w] = calib.sample_shape;
     for part in rows.chunks(batch.max(1)) {
-        let mut x = Vec::new();
-        let mut t = Vec::new();
-        for &r in part {
-            x.extend_from_slice(calib.sample(r));
-            t.push(calib.t[r]);
-        }
-        net.forward(tensor4(&x, [part.len(), c, h, w], &net.device)?, &t, &hooks)?;
+        let (x, t) = sample_batch(net, calib, part)?;
+        net.forward(x, &t, &hooks)?;
     }
     Ok(hooks
         .sums

@@ -22,7 +22,7 @@ use super::model::{ActQ, QModel};
 use crate::calib::{CalibSet, Rng};
 use crate::error::{QuantError, Result};
 use crate::fq::AdaRound;
-use crate::net::{Env, Hooks, Net, tensor4};
+use crate::net::{Env, Hooks, Net};
 
 /// Reconstruction method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,16 +184,10 @@ pub struct Streams {
 impl Streams {
     /// Both streams at the graph inputs, for the samples `rows` of `calib` in chunks of `chunk`.
     pub fn new(net: &Net, calib: &CalibSet, rows: &[usize], chunk: usize) -> Result<Streams> {
-        let [c, h, w] = calib.sample_shape;
         let mut fp = Vec::new();
         for part in rows.chunks(chunk.max(1)) {
-            let mut x = Vec::with_capacity(part.len() * c * h * w);
-            let mut t = Vec::with_capacity(part.len());
-            for &r in part {
-                x.extend_from_slice(calib.sample(r));
-                t.push(calib.t[r]);
-            }
-            fp.push(net.inputs(tensor4(&x, [part.len(), c, h, w], &net.device)?, &t)?);
+            let (x, t) = super::sample_batch(net, calib, part)?;
+            fp.push(net.inputs(x, &t)?);
         }
         let g = &net.graph;
         let mut last_use = vec![0usize; g.num_values as usize];

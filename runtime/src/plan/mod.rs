@@ -1,0 +1,604 @@
+//! Planning a session: shapes of every value for the requested batch and size, one executable
+//! step per node with its weights prepared (converted to f32, packed for the GEMM), and one arena
+//! in which every value and every step's scratch has a fixed place, assigned by liveness.
+
+use std::borrow::Cow;
+
+use edadm_format::DType;
+use edadm_format::graph::{
+    AttentionLayout, FreqDenominator, GeluApprox, InputKind, LayerNormAxes, Node, Op, Pad, SinusoidOrder, TensorId,
+    TimestepEmbedding, ValueId,
+};
+use edadm_format::graph::{NodeQuant, WeightQuant};
+use edadm_kernels::Kernels;
+use edadm_kernels::gemm::ConvGeom;
+use edadm_kernels::ops::act::Activation;
+use edadm_kernels::ops::attention::AttentionShape;
+use edadm_kernels::ops::conv::{self, ConvTransposeGeom};
+use edadm_kernels::ops::elementwise::{Binary, SinusoidOrder as KSinOrder};
+use edadm_kernels::ops::qattention::QAttention;
+use edadm_kernels::ops::qconv::{self, QConvGeom};
+use edadm_kernels::ops::quant::{ActQ, C4};
+
+use crate::error::{Result, RuntimeError};
+use crate::model::Model;
+
+mod float;
+mod quant;
+
+/// A place in the arena, in floats. Offsets are multiples of 16 (64 bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub(crate) off: usize,
+    pub(crate) len: usize,
+}
+
+impl Slot {
+    pub(crate) fn end(&self) -> usize {
+        self.off + self.len
+    }
+}
+
+/// Packed weights, or a parameter vector read in place from the file when it is f32 and aligned.
+pub(crate) type Floats<'m> = Cow<'m, [f32]>;
+
+/// One executable step. Values are referred to by id; their slots live in [`Plan::slots`].
+#[derive(Debug)]
+pub(crate) enum Step<'m> {
+    /// An f32 convolution, its output channels split into one part per thread (one part for
+    /// grouped convolutions).
+    Conv {
+        x: u32,
+        n: usize,
+        cout: usize,
+        parts: Vec<ConvPart>,
+        bias: Option<Floats<'m>>,
+    },
+    ConvT {
+        x: u32,
+        n: usize,
+        geom: ConvTransposeGeom,
+        w: edadm_kernels::AlignedF32,
+        bias: Option<Floats<'m>>,
+    },
+    Linear {
+        x: u32,
+        rows: usize,
+        inf: usize,
+        outf: usize,
+        w: edadm_kernels::AlignedF32,
+        bias: Option<Floats<'m>>,
+    },
+    GroupNorm {
+        x: u32,
+        n: usize,
+        c: usize,
+        hw: usize,
+        groups: usize,
+        eps: f32,
+        gamma: Option<Floats<'m>>,
+        beta: Option<Floats<'m>>,
+        act: Activation,
+    },
+    /// A GroupNorm (+ activation) whose only reader is an integer conv: it writes that conv's
+    /// quantized input (u8 in the conv's layout) straight into its output slot.
+    GroupNormQ {
+        x: u32,
+        groups: usize,
+        eps: f32,
+        gamma: Option<Floats<'m>>,
+        beta: Option<Floats<'m>>,
+        act: Activation,
+        /// Per time-step group.
+        q: Vec<ActQ>,
+        layout: C4,
+    },
+    LayerNormChw {
+        x: u32,
+        n: usize,
+        len: usize,
+        eps: f32,
+        gamma: Option<Floats<'m>>,
+        beta: Option<Floats<'m>>,
+    },
+    LayerNormChannel {
+        x: u32,
+        n: usize,
+        c: usize,
+        positions: usize,
+        channels_last: bool,
+        eps: f32,
+        gamma: Option<Floats<'m>>,
+        beta: Option<Floats<'m>>,
+    },
+    Act {
+        x: u32,
+        act: Activation,
+    },
+    Binary {
+        op: Binary,
+        a: u32,
+        b: u32,
+        n: usize,
+        c: usize,
+        inner: usize,
+    },
+    Concat {
+        parts: Vec<(u32, usize, usize)>,
+        total: usize,
+        outer: usize,
+    },
+    Pad {
+        x: u32,
+        planes: usize,
+        h: usize,
+        w: usize,
+        pad: [usize; 4],
+        value: f32,
+    },
+    Upsample {
+        x: u32,
+        planes: usize,
+        h: usize,
+        w: usize,
+        s: usize,
+    },
+    AvgPool {
+        x: u32,
+        planes: usize,
+        h: usize,
+        w: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+    },
+    Sinusoid {
+        t: u32,
+        dim: usize,
+        order: KSinOrder,
+        half_minus_one: bool,
+        max_period: f32,
+    },
+    Table {
+        t: u32,
+        dim: usize,
+        rows: usize,
+        table: Floats<'m>,
+    },
+    Attention {
+        q: u32,
+        k: u32,
+        v: u32,
+        shape: AttentionShape,
+    },
+    /// An integer conv (or linear as a 1×1 conv over `[rows, in, 1, 1]`): every input group
+    /// quantized into its own buffer in scratch, then one exact u8×i8 convolution.
+    QConv {
+        x: u32,
+        /// `x` already holds the quantized input (a [`Step::GroupNormQ`] wrote it).
+        pre: bool,
+        cin: usize,
+        plan: qconv::QConv2dPlan,
+        groups: Vec<QGroupStep>,
+        bias: Option<Floats<'m>>,
+    },
+    QConvT {
+        x: u32,
+        plan: qconv::QConvTranspose2dPlan,
+        /// Per time-step group: the quantizer and `Δa·Δw[c]`.
+        q: Vec<ActQ>,
+        scale: Vec<Vec<f32>>,
+        bias: Option<Floats<'m>>,
+    },
+    QAttention {
+        q: u32,
+        k: u32,
+        v: u32,
+        /// Per time-step group.
+        a: Vec<QAttention>,
+    },
+}
+
+/// Output channels `r0..r1` of a [`Step::Conv`], with their own packed weights and scratch.
+#[derive(Debug)]
+pub(crate) struct ConvPart {
+    pub(crate) r0: usize,
+    pub(crate) r1: usize,
+    pub(crate) plan: conv::Conv2dPlan,
+    /// Offset of its scratch in the step's scratch.
+    pub(crate) scratch: usize,
+}
+
+/// One input-channel group of a [`Step::QConv`].
+#[derive(Debug)]
+pub(crate) struct QGroupStep {
+    /// First channel.
+    pub(crate) ch0: usize,
+    /// Its quantizer, per time-step group.
+    pub(crate) q: Vec<ActQ>,
+    /// `Δa·Δw[c]` per output channel, per time-step group.
+    pub(crate) scale: Vec<Vec<f32>>,
+    /// Its layout (the plan's).
+    pub(crate) layout: C4,
+}
+
+/// A step with the values it reads and writes.
+#[derive(Debug)]
+pub(crate) struct Planned<'m> {
+    /// The node it executes (for a fused pair, the first).
+    pub(crate) node: usize,
+    /// Values read.
+    pub(crate) inputs: Vec<u32>,
+    /// Value written.
+    pub(crate) out: u32,
+    /// What to do.
+    pub(crate) step: Step<'m>,
+}
+
+/// The plan of a session.
+#[derive(Debug)]
+pub(crate) struct Plan<'m> {
+    /// Steps in execution order.
+    pub(crate) steps: Vec<Planned<'m>>,
+    /// Scratch of each step (empty slot when none).
+    pub(crate) scratch: Vec<Slot>,
+    /// Slot of every value.
+    pub(crate) slots: Vec<Slot>,
+    /// Shape of every value.
+    pub(crate) shapes: Vec<Vec<usize>>,
+    /// Arena length in floats.
+    pub(crate) arena_len: usize,
+    /// Bytes of weights converted or packed at plan time.
+    pub(crate) prepared_bytes: usize,
+}
+
+fn shape_err(node: &Node, detail: impl Into<String>) -> RuntimeError {
+    RuntimeError::Shape { node: node.name.clone(), detail: detail.into() }
+}
+
+fn unsupported(node: &Node, what: impl Into<String>) -> RuntimeError {
+    RuntimeError::Unsupported { node: node.name.clone(), what: what.into() }
+}
+
+/// The f32 contents of a tensor: borrowed from the file when it is f32 and aligned in memory,
+/// else converted.
+pub(crate) fn floats<'m>(model: &'m Model, t: TensorId) -> Floats<'m> {
+    let v = model.file().tensor(t).expect("validated tensor reference");
+    match v.dtype {
+        DType::F32 => match v.as_f32() {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => {
+                Cow::Owned(v.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            }
+        },
+        DType::F16 => {
+            Cow::Owned(v.data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
+        }
+        // Validation allows only f32/f16 for unquantized parameters.
+        other => unreachable!("unquantized parameter with dtype {other}"),
+    }
+}
+
+fn owned_len(f: &Floats<'_>) -> usize {
+    match f {
+        Cow::Borrowed(_) => 0,
+        Cow::Owned(v) => v.len() * 4,
+    }
+}
+
+fn act_of(op: &Op) -> Option<Activation> {
+    Some(match op {
+        Op::Silu => Activation::Silu,
+        Op::Relu => Activation::Relu,
+        Op::Sigmoid => Activation::Sigmoid,
+        Op::Gelu(GeluApprox::Erf) => Activation::GeluErf,
+        Op::Gelu(GeluApprox::Tanh) => Activation::GeluTanh,
+        _ => return None,
+    })
+}
+
+/// Which values must outlive their last use.
+pub(crate) struct PlanRequest<'a> {
+    pub(crate) batch: usize,
+    /// Threads of the session's pool (scratch is per thread where a kernel splits work).
+    pub(crate) threads: usize,
+    pub(crate) height: usize,
+    pub(crate) width: usize,
+    pub(crate) keep: &'a [ValueId],
+}
+
+impl<'m> Plan<'m> {
+    pub(crate) fn build(model: &'m Model, k: &Kernels, req: &PlanRequest<'_>) -> Result<Plan<'m>> {
+        let g = model.graph();
+        let n = req.batch;
+        if n == 0 || req.height == 0 || req.width == 0 {
+            return Err(RuntimeError::Session(format!(
+                "batch {n} and size {}x{} must all be at least 1",
+                req.height, req.width
+            )));
+        }
+        let nv = g.num_values as usize;
+        let mut shapes: Vec<Vec<usize>> = vec![Vec::new(); nv];
+        for i in &g.inputs {
+            shapes[i.value.0 as usize] = match i.kind {
+                InputKind::Sample { channels, .. } => vec![n, channels as usize, req.height, req.width],
+                InputKind::Timestep => vec![n],
+                InputKind::Context { tokens, dim } => vec![n, tokens as usize, dim as usize],
+            };
+        }
+        let mut steps: Vec<Planned<'m>> = Vec::with_capacity(g.nodes.len());
+        let mut scratch_len = Vec::with_capacity(g.nodes.len());
+        for (ni, node) in g.nodes.iter().enumerate() {
+            let ins: Vec<&Vec<usize>> = node.inputs.iter().map(|v| &shapes[v.0 as usize]).collect();
+            let (step, out_shape, scratch) = match &node.quant {
+                None => float::build_step(model, k, node, &ins, req.threads)?,
+                Some(q) => quant::build_quant_step(model, k, ni, q, &ins, req.threads)?,
+            };
+            shapes[node.output.0 as usize] = out_shape;
+            // Weights of convolutions and linear layers are packed (or dequantized and packed)
+            // now; the mapped copy is not read again.
+            if let (Some(w), Op::Conv2d(_) | Op::Linear(_) | Op::ConvTranspose2d(_)) = (node.op.weight(), &node.op) {
+                model.release_pages(w);
+            }
+            let inputs = node.inputs.iter().map(|v| v.0).collect();
+            steps.push(Planned { node: ni, inputs, out: node.output.0, step });
+            scratch_len.push(scratch);
+        }
+        fuse_norm_activation(&mut steps, &mut scratch_len, g, req.keep);
+        let mut slot_len: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
+        fuse_norm_quantize(&mut steps, &mut scratch_len, &mut slot_len, g, req.keep);
+        let prepared = steps.iter().map(|p| step_prepared_bytes(&p.step)).sum();
+
+        // Liveness: a value lives from the step that defines it (inputs: before step 0) to its
+        // last reader; graph outputs and kept values to the end.
+        let end = steps.len();
+        let mut first = vec![0usize; nv];
+        let mut last = vec![0usize; nv];
+        for (si, p) in steps.iter().enumerate() {
+            first[p.out as usize] = si;
+            last[p.out as usize] = si;
+            for &v in &p.inputs {
+                last[v as usize] = last[v as usize].max(si);
+            }
+        }
+        for o in &g.outputs {
+            last[o.value.0 as usize] = end;
+        }
+        for v in req.keep {
+            if let Some(l) = last.get_mut(v.0 as usize) {
+                *l = end;
+            }
+        }
+        let mut items: Vec<(usize, usize, usize)> = (0..nv).map(|v| (slot_len[v], first[v], last[v])).collect();
+        items.extend(scratch_len.iter().enumerate().map(|(si, &len)| (len, si, si)));
+        let (offsets, arena_len) = assign_offsets(&items);
+        let slots = (0..nv).map(|v| Slot { off: offsets[v], len: items[v].0 }).collect();
+        let scratch = (0..steps.len()).map(|s| Slot { off: offsets[nv + s], len: items[nv + s].0 }).collect();
+        Ok(Plan { steps, scratch, slots, shapes, arena_len, prepared_bytes: prepared })
+    }
+}
+
+/// Fuses a GroupNorm with the activation that is the only reader of its output (the SiLU of
+/// every DDPM block): one pass instead of two, one buffer less.
+fn fuse_norm_activation(
+    steps: &mut Vec<Planned<'_>>,
+    scratch: &mut Vec<usize>,
+    g: &edadm_format::Graph,
+    keep: &[ValueId],
+) {
+    let readers = reader_counts(steps, g, keep);
+    let mut i = 0;
+    while i + 1 < steps.len() {
+        let fusable = matches!(steps[i].step, Step::GroupNorm { act: Activation::None, .. })
+            && readers[steps[i].out as usize] == 1
+            && matches!(steps[i + 1].step, Step::Act { x, .. } if x == steps[i].out);
+        if fusable {
+            let next = steps.remove(i + 1);
+            scratch.remove(i + 1);
+            if let (Step::GroupNorm { act, .. }, Step::Act { act: a, .. }) = (&mut steps[i].step, &next.step) {
+                *act = *a;
+            }
+            steps[i].out = next.out;
+        }
+        i += 1;
+    }
+}
+
+/// Multiply-accumulates of one step (weighted ops and attention products; 0 for the rest).
+pub(crate) fn step_macs(node: &Node, shapes: &[Vec<usize>], inputs: &[u32], out: u32) -> u64 {
+    let numel = |v: u32| shapes[v as usize].iter().product::<usize>() as u64;
+    match &node.op {
+        Op::Conv2d(c) => {
+            numel(out) * u64::from(c.in_channels / c.groups) * u64::from(c.kernel[0]) * u64::from(c.kernel[1])
+        }
+        Op::ConvTranspose2d(c) => {
+            numel(inputs[0]) * u64::from(c.out_channels) * u64::from(c.kernel[0]) * u64::from(c.kernel[1])
+        }
+        Op::Linear(l) => numel(out) * u64::from(l.in_features),
+        Op::Attention(_) => {
+            // Q·Kᵀ and P·V: 2 · N · queries · keys · channels; spatial [N, C, H, W] or tokens
+            // [N, T, D].
+            let (q, k) = (&shapes[inputs[0] as usize], &shapes[inputs[1] as usize]);
+            let (n, qt, kt, c) = match (q.as_slice(), k.as_slice()) {
+                ([n, c, h, w], [_, _, kh, kw]) => (*n, h * w, kh * kw, *c),
+                ([n, t, d], [_, kt, _]) => (*n, *t, *kt, *d),
+                _ => return 0,
+            };
+            2 * (n * qt * kt * c) as u64
+        }
+        _ => 0,
+    }
+}
+
+/// What a step runs on: the microkernel of its GEMM, or the SIMD tier of its element-wise code.
+pub(crate) fn step_variant(s: &Step<'_>, k: &Kernels) -> (&'static str, String) {
+    let simd = k.simd_name();
+    match s {
+        Step::Conv { .. } => ("conv f32", k.sgemm().name.to_string()),
+        Step::ConvT { .. } => ("conv_transpose f32", k.sgemm().name.to_string()),
+        Step::Linear { .. } => ("linear f32", k.sgemm().name.to_string()),
+        Step::GroupNorm { act: Activation::None, .. } => ("group_norm", simd.into()),
+        Step::GroupNorm { .. } => ("group_norm+act", simd.into()),
+        Step::GroupNormQ { .. } => ("group_norm+quantize", simd.into()),
+        Step::LayerNormChw { .. } | Step::LayerNormChannel { .. } => ("layer_norm", simd.into()),
+        Step::Act { .. } => ("activation", simd.into()),
+        Step::Binary { .. } => ("add/mul", simd.into()),
+        Step::Concat { .. } => ("concat", "copy".into()),
+        Step::Pad { .. } => ("pad", "copy".into()),
+        Step::Upsample { .. } => ("upsample", "copy".into()),
+        Step::AvgPool { .. } => ("avg_pool", "scalar".into()),
+        Step::Sinusoid { .. } | Step::Table { .. } => ("timestep embedding", "scalar".into()),
+        Step::Attention { .. } => ("attention f32", format!("{} + {simd} softmax", k.sgemm().name)),
+        Step::QConv { plan, groups, pre, .. } => (
+            "conv u8×i8",
+            format!(
+                "{} ({}{}{})",
+                k.qgemm().name,
+                if *pre { "quantized by the norm, " } else { "" },
+                if plan.is_direct() { "in place" } else { "gathered" },
+                if groups.len() > 1 { format!(", {} input groups", groups.len()) } else { String::new() }
+            ),
+        ),
+        Step::QConvT { .. } => ("conv_transpose u8×i8", k.qgemm().name.to_string()),
+        Step::QAttention { .. } => ("attention u8×i8", format!("{} + {simd} softmax", k.qgemm().name)),
+    }
+}
+
+/// Values read by more than one step, kept, or output: they must stay f32.
+fn reader_counts(steps: &[Planned<'_>], g: &edadm_format::Graph, keep: &[ValueId]) -> Vec<usize> {
+    let mut readers = vec![0usize; g.num_values as usize];
+    for p in steps {
+        for &v in &p.inputs {
+            readers[v as usize] += 1;
+        }
+    }
+    for o in &g.outputs {
+        readers[o.value.0 as usize] += 1;
+    }
+    for v in keep {
+        if let Some(r) = readers.get_mut(v.0 as usize) {
+            *r += 1;
+        }
+    }
+    readers
+}
+
+/// Fuses a GroupNorm (+ activation) with the quantization of the integer conv that is its only
+/// reader (the conv1/conv2 of every residual block): the norm writes u8 in the conv's input
+/// layout, the conv skips its quantization pass, the f32 tensor between them disappears. The
+/// bytes are those of the separate norm and quantization (kernels' tests).
+fn fuse_norm_quantize(
+    steps: &mut [Planned<'_>],
+    scratch: &mut [usize],
+    slot_len: &mut [usize],
+    g: &edadm_format::Graph,
+    keep: &[ValueId],
+) {
+    let readers = reader_counts(steps, g, keep);
+    for i in 0..steps.len() {
+        let out = steps[i].out;
+        if readers[out as usize] != 1 || !matches!(steps[i].step, Step::GroupNorm { .. }) {
+            continue;
+        }
+        let Some(j) = (i + 1..steps.len()).find(|&j| steps[j].inputs.contains(&out)) else { continue };
+        let (q, layout) = match &mut steps[j].step {
+            Step::QConv { x, pre, groups, .. } if *x == out && groups.len() == 1 && !*pre => {
+                *pre = true;
+                (groups[0].q.clone(), groups[0].layout)
+            }
+            _ => continue,
+        };
+        let taken = std::mem::replace(&mut steps[i].step, Step::Act { x: 0, act: Activation::None });
+        if let Step::GroupNorm { x, groups, eps, gamma, beta, act, .. } = taken {
+            steps[i].step = Step::GroupNormQ { x, groups, eps, gamma, beta, act, q, layout };
+        }
+        let words = layout.len().div_ceil(4);
+        slot_len[out as usize] = words;
+        scratch[j] -= words;
+    }
+}
+
+fn step_prepared_bytes(s: &Step<'_>) -> usize {
+    let opt = |f: &Option<Floats<'_>>| f.as_ref().map_or(0, owned_len);
+    match s {
+        Step::Conv { parts, bias, .. } => parts.iter().map(|p| p.plan.packed_bytes()).sum::<usize>() + opt(bias),
+        Step::ConvT { w, bias, .. } | Step::Linear { w, bias, .. } => w.len() * 4 + opt(bias),
+        Step::GroupNorm { gamma, beta, .. }
+        | Step::GroupNormQ { gamma, beta, .. }
+        | Step::LayerNormChw { gamma, beta, .. }
+        | Step::LayerNormChannel { gamma, beta, .. } => opt(gamma) + opt(beta),
+        Step::Table { table, .. } => owned_len(table),
+        Step::QConv { plan, bias, groups, .. } => {
+            plan.packed_bytes() + opt(bias) + groups.iter().flat_map(|g| &g.scale).map(|s| s.len() * 4).sum::<usize>()
+        }
+        Step::QConvT { plan, bias, scale, .. } => {
+            plan.packed_bytes() + opt(bias) + scale.iter().map(|s| s.len() * 4).sum::<usize>()
+        }
+        _ => 0,
+    }
+}
+
+/// Greedy placement by size (largest first): each item goes to the lowest 16-aligned offset
+/// free of every placed item whose lifetime `[first, last]` intersects its own.
+fn assign_offsets(items: &[(usize, usize, usize)]) -> (Vec<usize>, usize) {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(items[i].0), i));
+    let mut offsets = vec![0usize; items.len()];
+    let mut placed: Vec<usize> = Vec::new();
+    let mut total = 0usize;
+    for i in order {
+        let (len, f, l) = items[i];
+        if len == 0 {
+            continue;
+        }
+        let mut busy: Vec<(usize, usize)> = placed
+            .iter()
+            .filter(|&&j| items[j].1 <= l && f <= items[j].2)
+            .map(|&j| (offsets[j], offsets[j] + items[j].0))
+            .collect();
+        busy.sort_unstable();
+        let mut off = 0usize;
+        for (s, e) in busy {
+            if off + len <= s {
+                break;
+            }
+            off = off.max(e.next_multiple_of(16));
+        }
+        offsets[i] = off;
+        total = total.max(off + len);
+        placed.push(i);
+    }
+    (offsets, total.next_multiple_of(16))
+}
+
+fn rank4(node: &Node, s: &[usize], what: &str) -> Result<[usize; 4]> {
+    <[usize; 4]>::try_from(s).map_err(|_| shape_err(node, format!("{what} must be [N, C, H, W], got {s:?}")))
+}
+
+fn check_channels(node: &Node, got: usize, want: u32) -> Result<()> {
+    if got != want as usize {
+        return Err(shape_err(node, format!("input has {got} channels, the node expects {want}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assign_offsets;
+
+    #[test]
+    fn offsets_never_overlap_for_intersecting_lifetimes() {
+        let items = vec![(100, 0, 2), (50, 1, 3), (70, 3, 5), (10, 0, 5), (0, 0, 5), (33, 4, 4), (100, 5, 6)];
+        let (off, total) = assign_offsets(&items);
+        for i in 0..items.len() {
+            assert_eq!(off[i] % 16, 0);
+            assert!(off[i] + items[i].0 <= total);
+            for j in 0..i {
+                let live = items[i].1 <= items[j].2 && items[j].1 <= items[i].2;
+                let disjoint = off[i] + items[i].0 <= off[j] || off[j] + items[j].0 <= off[i];
+                assert!(!live || disjoint || items[i].0 == 0 || items[j].0 == 0, "{i} and {j} overlap");
+            }
+        }
+        // Reuse: 7 items but far less than their sum.
+        assert!(total < items.iter().map(|x| x.0.next_multiple_of(16)).sum::<usize>());
+    }
+}
