@@ -62,6 +62,10 @@ struct Shared {
     pending: AtomicUsize,
     /// A worker's job panicked.
     panicked: AtomicBool,
+    /// Workers asleep on (or about to sleep on) `wake`: a job only wakes them through the
+    /// condition variable (a system call) when there is one; between the ops of a network they
+    /// are still spinning and see the epoch move by themselves.
+    sleepers: AtomicUsize,
     stop: AtomicBool,
     job: Mutex<Option<Job>>,
     wake: Condvar,
@@ -91,6 +95,7 @@ impl Pool {
             epoch: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             job: Mutex::new(None),
             wake: Condvar::new(),
@@ -135,11 +140,17 @@ fn worker(s: &Shared, index: usize) {
                 spins += 1;
                 std::hint::spin_loop();
             } else {
+                // Counted before the epoch is checked under the lock: a job that reads no
+                // sleeper moved the epoch before this increment (both SeqCst), so the check below
+                // sees it and does not wait; one that reads a sleeper notifies.
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
                 let guard = s.job.lock().unwrap_or_else(|e| e.into_inner());
-                let _g = s
+                let g = s
                     .wake
-                    .wait_while(guard, |_| s.epoch.load(Ordering::Acquire) == seen && !s.stop.load(Ordering::Acquire))
+                    .wait_while(guard, |_| s.epoch.load(Ordering::SeqCst) == seen && !s.stop.load(Ordering::Acquire))
                     .unwrap_or_else(|e| e.into_inner());
+                drop(g);
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
             }
         }
         seen = s.epoch.load(Ordering::Acquire);
@@ -174,9 +185,13 @@ impl Parallel for Pool {
             let mut job = s.job.lock().unwrap_or_else(|e| e.into_inner());
             *job = Some(Job(erased));
             s.pending.store(self.workers.len(), Ordering::Release);
-            s.epoch.fetch_add(1, Ordering::AcqRel);
+            // Under the job lock: a worker that counted itself a sleeper either checks the epoch
+            // after this (and runs the job) or is already waiting (and is notified below).
+            s.epoch.fetch_add(1, Ordering::SeqCst);
         }
-        s.wake.notify_all();
+        if s.sleepers.load(Ordering::SeqCst) != 0 {
+            s.wake.notify_all();
+        }
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
         let mut spins = 0usize;
         while s.pending.load(Ordering::Acquire) != 0 {
@@ -295,6 +310,23 @@ mod tests {
         assert!(v.iter().all(|&x| x >= 1));
         assert_eq!(v[0], 1);
         assert_eq!(v[999], 3);
+    }
+
+    #[test]
+    fn jobs_reach_workers_that_fell_asleep() {
+        // Between jobs the workers outlast their spin and sleep on the condition variable: every
+        // job must still wake them (a lost wake-up hangs this test).
+        let pool = Pool::new(3).unwrap();
+        let n = AtomicUsize::new(0);
+        for round in 0..20 {
+            if round % 4 == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            pool.run(&|_| {
+                n.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        assert_eq!(n.load(Ordering::Relaxed), 60);
     }
 
     #[test]

@@ -37,7 +37,7 @@ fn tdac_on_fmnist_ddpm_trajectories() {
         let d = rel_err(&one.x[k], &tr.x[k][..32 * 32]);
         assert!(d < 1e-5, "step {k}: {d}");
     }
-    let set = calib::select(&tr, Method::Tdac { lambda: 1.2, eps: 3.0 }, 0).unwrap();
+    let set = calib::select(&tr, Method::Tdac { lambda: 1.2, eps: calib::Eps::Value(3.0) }, 0).unwrap();
     let s = set.tdac.as_ref().unwrap();
     assert_eq!(s.counts.iter().sum::<usize>(), 6);
     assert_eq!(set.per_step(), s.counts);

@@ -31,12 +31,23 @@ pub struct SessionOptions {
     /// Threads that run each evaluation (the caller's and `threads − 1` workers of the
     /// session's pool). Results do not depend on it.
     pub threads: usize,
+    /// Split every step between the threads, even those too small to gain from it (which
+    /// otherwise run on the calling thread alone): for tests that the split changes no bit.
+    pub split_small_steps: bool,
 }
 
 impl SessionOptions {
     /// A batch at the model's native size, best kernels.
     pub fn batch(batch: usize) -> Self {
-        SessionOptions { batch, height: None, width: None, keep: Vec::new(), tier: None, threads: 1 }
+        SessionOptions {
+            batch,
+            height: None,
+            width: None,
+            keep: Vec::new(),
+            tier: None,
+            threads: 1,
+            split_small_steps: false,
+        }
     }
 }
 
@@ -95,7 +106,14 @@ impl<'m> Session<'m> {
         if opts.threads == 0 {
             return Err(RuntimeError::Session("threads must be at least 1".into()));
         }
-        let req = PlanRequest { batch: opts.batch, threads: opts.threads, height, width, keep: &opts.keep };
+        let req = PlanRequest {
+            batch: opts.batch,
+            threads: opts.threads,
+            height,
+            width,
+            keep: &opts.keep,
+            split_small_steps: opts.split_small_steps,
+        };
         let plan = Plan::build(model, &kernels, &req)?;
         let g = model.graph();
         let slot = |k| g.input(k).map(|i| plan.slots[i.value.0 as usize]);
@@ -247,7 +265,7 @@ impl<'m> Session<'m> {
         let slots = &self.plan.slots;
         let s = |v: u32| slots[v as usize];
         let k = &self.kernels;
-        let pool = &self.pool;
+        let pool: &dyn Parallel = if planned.serial { &pool::Serial } else { &self.pool };
         let sg = self.group;
         let (r, y, scratch) = split(&mut self.arena, s(planned.out), self.plan.scratch[si]);
         match &planned.step {

@@ -60,8 +60,9 @@ fn every_thread_count_computes_the_same_bits() {
             let (x, t) = inputs(batch);
             let mut one = Session::new(&model, &SessionOptions::batch(batch)).unwrap();
             let want = one.run(&x, &t).unwrap().to_vec();
+            // Every step split (the small ones too, which by default run on one thread).
             for threads in [2, 3, 5] {
-                let opts = SessionOptions { threads, ..SessionOptions::batch(batch) };
+                let opts = SessionOptions { threads, split_small_steps: true, ..SessionOptions::batch(batch) };
                 let mut s = Session::new(&model, &opts).unwrap();
                 assert_eq!(s.threads(), threads);
                 for _ in 0..2 {

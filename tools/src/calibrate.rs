@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use edadm_quantizer::calib::{self, Method};
+use edadm_quantizer::calib::{self, Eps, Method};
 use edadm_runtime::Model;
 use edadm_runtime::sampler::{SamplerConfig, SamplerKind, Skip};
 
@@ -22,9 +22,11 @@ pub struct CalibOpts {
     /// TDAC: weight λ of the variety score.
     #[arg(long, default_value_t = 1.2)]
     pub lambda: f64,
-    /// TDAC: density threshold ε on the mean squared feature distance.
-    #[arg(long, default_value_t = 3.0)]
-    pub eps: f64,
+    /// TDAC: density threshold ε on the mean squared feature distance between two steps' feature
+    /// maps — `median` (the median over all step pairs of this model's trajectories) or a number
+    /// (the official code: 3.0, fitted to CIFAR-10).
+    #[arg(long, default_value = "median")]
+    pub eps: String,
     /// Sampler of the trajectories (the task's sampler).
     #[arg(long, default_value = "ddim", value_parser = ["ddim", "ddpm", "plms", "dpm-solver++"])]
     pub sampler: String,
@@ -78,6 +80,9 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
         sampled
     );
     if let Some(s) = &set.tdac {
+        let [lo, _, hi] = s.pair_mse;
+        let rule = if a.opts.eps == "median" { " (the median step-pair distance)" } else { "" };
+        println!("TDAC: ε {:.4e}{rule}, step-pair distances {lo:.4e} .. {hi:.4e}", s.eps);
         println!("TDAC: samples per step (denoising order) {:?}", s.counts);
     }
     Ok(())
@@ -88,14 +93,17 @@ pub fn build(model: &Model, path: &std::path::Path, a: &CalibOpts) -> Result<(ca
     if a.n_calib == 0 || a.sample_batch == 0 || a.steps == 0 {
         bail!("--n-calib, --sample-batch and --steps must be at least 1");
     }
-    if !(a.lambda.is_finite() && a.lambda >= 0.0 && a.eps.is_finite() && a.eps >= 0.0) {
-        bail!("--lambda and --eps must be finite and non-negative");
+    let Some(eps) = Eps::parse(&a.eps) else {
+        bail!("--eps {}: expected `median` or a finite non-negative number", a.eps);
+    };
+    if !(a.lambda.is_finite() && a.lambda >= 0.0) {
+        bail!("--lambda {}: must be finite and non-negative", a.lambda);
     }
     if model.is_quantized() {
         bail!("{}: calibration needs the FP model, this file is already quantized", path.display());
     }
     let method = match a.calib.as_str() {
-        "tdac" => Method::Tdac { lambda: a.lambda, eps: a.eps },
+        "tdac" => Method::Tdac { lambda: a.lambda, eps },
         "uniform" => Method::Uniform,
         "ndtc" => Method::Ndtc,
         _ => Method::Random,
@@ -130,7 +138,7 @@ pub fn build(model: &Model, path: &std::path::Path, a: &CalibOpts) -> Result<(ca
     bar.finish_and_clear();
     let sampled = started.elapsed().as_secs_f64();
     let mut set = calib::select(&tr, method, a.seed)?;
-    if let Some(w) = set.tdac.as_ref().and_then(|s| s.constant_density_warning(a.eps)) {
+    if let Some(w) = set.tdac.as_ref().and_then(|s| s.constant_density_warning()) {
         eprintln!("warning: {w}");
     }
     set.provenance.extend([

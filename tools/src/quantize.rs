@@ -126,7 +126,7 @@ fn calib_defaults_changed(o: &CalibOpts) -> Vec<&'static str> {
     if o.lambda != 1.2 {
         v.push("--lambda");
     }
-    if o.eps != 3.0 {
+    if o.eps != "median" {
         v.push("--eps");
     }
     if o.sampler != "ddim" || o.steps != 100 || o.skip != "quad" || o.eta != 0.0 {

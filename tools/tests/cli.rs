@@ -250,6 +250,31 @@ fn quantize_with_each_activation_initialisation() {
         calib.to_str().unwrap(),
     ]);
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    // TDAC's ε: by default the median of the measured step-pair distances (inside their range,
+    // so the density weighs the steps); the official value stays selectable; a bad one is an error.
+    let tdac = d.join("t.safetensors");
+    let ddpm = d.join("tiny-ddpm.edq");
+    let cfg = format!("{}/../quantizer/tests/data/tiny-ddpm.json", env!("CARGO_MANIFEST_DIR"));
+    let imp = ["import", "--family", "ddpm", "--config", &cfg, "--random-weights", "3", "-o", ddpm.to_str().unwrap()];
+    assert!(edadm(&imp).status.success());
+    let cal = |eps: &[&str]| {
+        let base =
+            ["calibrate", ddpm.to_str().unwrap(), "--n-calib", "8", "--steps", "5", "-o", tdac.to_str().unwrap()];
+        edadm(&[&base[..], eps].concat())
+    };
+    let r = cal(&[]);
+    let text = String::from_utf8_lossy(&r.stdout).to_string();
+    assert!(r.status.success() && text.contains("(the median step-pair distance)"), "{text}");
+    let num = |s: &str| s.parse::<f64>().unwrap();
+    let line = text.lines().find(|l| l.starts_with("TDAC: ε")).unwrap().replace(',', " ");
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let (eps, lo, hi) = (num(w[2]), num(w[9]), num(w[11]));
+    assert!(lo <= eps && eps <= hi && lo < hi, "{line}");
+    let r = cal(&["--eps", "3"]);
+    assert!(String::from_utf8_lossy(&r.stdout).contains("TDAC: ε 3.0000e0,"));
+    std::fs::remove_file(&tdac).unwrap();
+    assert_one_line_error(&cal(&["--eps", "banana"]), 1, "--eps banana");
+    assert!(!tdac.exists());
     let mut deltas = Vec::new();
     for (init, extra, label) in [
         ("mse", None, "mse"),

@@ -12,7 +12,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 
 pub use rng::Rng;
-pub use select::{Features, Method, TdacScores};
+pub use select::{Eps, Features, Method, TdacScores};
 pub use trajectory::{Trajectories, collect, feature_value};
 
 use crate::error::{QuantError, Result};
@@ -100,9 +100,15 @@ pub fn select(tr: &Trajectories, method: Method, seed: u64) -> Result<CalibSet> 
         x.extend_from_slice(&tr.x[k][j * per..(j + 1) * per]);
     }
     let mut provenance = vec![("method".to_string(), method.name().to_string()), ("seed".into(), seed.to_string())];
-    if let Method::Tdac { lambda, eps } = method {
+    if let (Method::Tdac { lambda, eps }, Some(s)) = (method, &tdac) {
         provenance.push(("lambda".into(), lambda.to_string()));
-        provenance.push(("eps".into(), eps.to_string()));
+        provenance.push((
+            "eps".into(),
+            match eps {
+                Eps::Value(v) => v.to_string(),
+                Eps::Median => format!("median of the step pairs' distances, {}", s.eps),
+            },
+        ));
     }
     Ok(CalibSet {
         sample_shape: tr.sample_shape,
@@ -161,6 +167,7 @@ pub fn save(set: &CalibSet, path: &Path) -> Result<()> {
         owned.push(("tdac.score".into(), Dtype::F64, vec![t], f64_bytes(&s.score)));
         owned.push(("tdac.counts".into(), Dtype::U32, vec![t], u32_bytes(&counts)));
         owned.push(("tdac.pair_mse".into(), Dtype::F64, vec![3], f64_bytes(&s.pair_mse)));
+        owned.push(("tdac.eps".into(), Dtype::F64, vec![1], f64_bytes(&[s.eps])));
     }
     let views: Vec<(String, TensorView<'_>)> = owned
         .iter()
@@ -238,6 +245,11 @@ pub fn load(path: &Path) -> Result<CalibSet> {
                 Ok(_) => return Err(bad("`tdac.pair_mse` must be F64 [3]".into())),
                 Err(_) => [f64::NAN; 3],
             },
+            eps: match st.tensor("tdac.eps") {
+                Ok(v) if v.dtype() == Dtype::F64 && v.shape() == [1] => f64s(v.data())[0],
+                Ok(_) => return Err(bad("`tdac.eps` must be F64 [1]".into())),
+                Err(_) => f64::NAN,
+            },
         })
     } else {
         None
@@ -277,7 +289,7 @@ mod tests {
     #[test]
     fn selection_takes_each_trajectory_once_at_its_step() {
         let tr = toy();
-        for m in [Method::Tdac { lambda: 1.0, eps: 0.5 }, Method::Uniform, Method::Ndtc, Method::Random] {
+        for m in [Method::Tdac { lambda: 1.0, eps: Eps::Value(0.5) }, Method::Uniform, Method::Ndtc, Method::Random] {
             let set = select(&tr, m, 11).unwrap();
             assert_eq!(set.len(), 4);
             for j in 0..4 {
@@ -293,7 +305,7 @@ mod tests {
     fn a_saved_set_loads_back_identically_and_bad_files_are_refused() {
         let dir = std::env::temp_dir().join(format!("edadm-calib-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let set = select(&toy(), Method::Tdac { lambda: 1.2, eps: 3.0 }, 5).unwrap();
+        let set = select(&toy(), Method::Tdac { lambda: 1.2, eps: Eps::Median }, 5).unwrap();
         let p = dir.join("calib.safetensors");
         save(&set, &p).unwrap();
         let mut back = load(&p).unwrap();

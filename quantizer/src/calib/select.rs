@@ -15,7 +15,7 @@ pub enum Method {
         /// Weight of the variety score (`--lambda`).
         lambda: f64,
         /// Density threshold on the mean squared feature distance (`--eps`).
-        eps: f64,
+        eps: Eps,
     },
     /// Q-Diffusion's uniform selection: every 5th step (METHOD.md §1.8, `generate_t` "Qdiff").
     Uniform,
@@ -34,6 +34,36 @@ impl Method {
             Method::Uniform => "uniform",
             Method::Ndtc => "ndtc",
             Method::Random => "random",
+        }
+    }
+}
+
+/// TDAC's density threshold ε on the mean squared feature distance between two steps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Eps {
+    /// A given value (the official code uses 3.0, fitted to CIFAR-10's features).
+    Value(f64),
+    /// The median of the step pairs' measured distances on this model's trajectories: half the
+    /// pairs count as neighbours, so the density weighs the steps on any model (a fixed value
+    /// carried to another model can put every pair, or none, within ε — mnist-unet at 3.0).
+    Median,
+}
+
+impl Eps {
+    /// `median`, or a finite non-negative number.
+    pub fn parse(s: &str) -> Option<Eps> {
+        if s == "median" {
+            return Some(Eps::Median);
+        }
+        s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).map(Eps::Value)
+    }
+}
+
+impl std::fmt::Display for Eps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Eps::Value(v) => write!(f, "{v}"),
+            Eps::Median => f.write_str("median"),
         }
     }
 }
@@ -57,6 +87,9 @@ pub struct TdacScores {
     /// Minimum, median and maximum over all step pairs of the mean squared feature distance —
     /// the quantity `--eps` thresholds (NaN when read from a set written before it was kept).
     pub pair_mse: [f64; 3],
+    /// The ε the density was counted with (`--eps median` resolved to its value; NaN when read
+    /// from a set written before it was kept).
+    pub eps: f64,
 }
 
 impl TdacScores {
@@ -64,7 +97,8 @@ impl TdacScores {
     /// score is zero everywhere and the selection follows the variety alone — silently, in the
     /// official code (which divides by zero there). Returns a one-line warning that says so and
     /// suggests an ε inside the measured distances; `None` when the density discriminates.
-    pub fn constant_density_warning(&self, eps: f64) -> Option<String> {
+    pub fn constant_density_warning(&self) -> Option<String> {
+        let eps = self.eps;
         let d0 = *self.density.first()?;
         if self.density.len() < 2 || self.density.iter().any(|&d| d != d0) {
             return None;
@@ -72,7 +106,7 @@ impl TdacScores {
         let [lo, med, hi] = self.pair_mse;
         let range = if lo.is_finite() {
             format!(
-                "; the step pairs' mean squared feature distance spans {lo:.3e} .. {hi:.3e}, median {med:.3e}: --eps {med:.3e} splits them"
+                "; the step pairs' mean squared feature distance spans {lo:.3e} .. {hi:.3e}, median {med:.3e}: --eps median splits them"
             )
         } else {
             String::new()
@@ -99,9 +133,10 @@ pub struct Features<'a> {
 /// `eps` of `nn.CosineSimilarity`: each vector's norm is clamped to at least this.
 const COS_EPS: f64 = 1e-6;
 
-/// Density and variety of every step (both symmetric, so one pass over the unordered pairs), and
-/// the minimum, median and maximum of the pairs' mean squared distance (NaN with one step).
-pub fn density_variety(f: &Features<'_>, eps: f64) -> (Vec<u32>, Vec<f64>, [f64; 3]) {
+/// Density and variety of every step (both symmetric, so one pass over the unordered pairs), the
+/// minimum, median and maximum of the pairs' mean squared distance (NaN with one step), and the ε
+/// the density was counted with (`Eps::Median` with one step: 0).
+pub fn density_variety(f: &Features<'_>, eps: Eps) -> (Vec<u32>, Vec<f64>, [f64; 3], f64) {
     let t = f.maps.len();
     let len = f.images * f.channels * f.positions;
     assert!(f.maps.iter().all(|m| m.len() == len), "every feature map must be images·channels·positions long");
@@ -115,6 +150,17 @@ pub fn density_variety(f: &Features<'_>, eps: f64) -> (Vec<u32>, Vec<f64>, [f64;
         let cos_sum = channel_cos_sum(&unit[k], &unit[j], f);
         (mse, cos_sum)
     });
+    let mut mses: Vec<f64> = results.iter().map(|r| r.0).collect();
+    mses.sort_by(f64::total_cmp);
+    let pair_mse = match mses.len() {
+        0 => [f64::NAN; 3],
+        m => [mses[0], mses[m / 2], mses[m - 1]],
+    };
+    let eps = match eps {
+        Eps::Value(v) => v,
+        Eps::Median if mses.is_empty() => 0.0,
+        Eps::Median => pair_mse[1],
+    };
     let per_pair_positions = (f.images * f.positions) as f64;
     for (&(k, j), &(mse, cos_sum)) in pairs.iter().zip(&results) {
         if mse <= eps {
@@ -125,13 +171,7 @@ pub fn density_variety(f: &Features<'_>, eps: f64) -> (Vec<u32>, Vec<f64>, [f64;
         variety[k] += v;
         variety[j] += v;
     }
-    let mut mses: Vec<f64> = results.iter().map(|r| r.0).collect();
-    mses.sort_by(f64::total_cmp);
-    let pair_mse = match mses.len() {
-        0 => [f64::NAN; 3],
-        m => [mses[0], mses[m / 2], mses[m - 1]],
-    };
-    (density, variety, pair_mse)
+    (density, variety, pair_mse, eps)
 }
 
 fn rayon_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
@@ -229,14 +269,14 @@ pub fn counts_from_scores(score: &[f64], n: usize) -> Vec<usize> {
 }
 
 /// TDAC's scores and counts for `n` samples.
-pub fn tdac(f: &Features<'_>, lambda: f64, eps: f64, n: usize) -> TdacScores {
-    let (density, variety, pair_mse) = density_variety(f, eps);
+pub fn tdac(f: &Features<'_>, lambda: f64, eps: Eps, n: usize) -> TdacScores {
+    let (density, variety, pair_mse, eps) = density_variety(f, eps);
     let dd: Vec<f64> = density.iter().map(|&d| f64::from(d)).collect();
     let density_scaled = min_max_scale(&dd);
     let variety_scaled = min_max_scale(&variety);
     let score: Vec<f64> = density_scaled.iter().zip(&variety_scaled).map(|(d, v)| d + lambda * v).collect();
     let counts = counts_from_scores(&score, n);
-    TdacScores { density, variety, density_scaled, variety_scaled, score, counts, pair_mse }
+    TdacScores { density, variety, density_scaled, variety_scaled, score, counts, pair_mse, eps }
 }
 
 /// Step indices with `counts[k]` copies of `k`, randomly permuted: entry `j` is the step of
@@ -296,26 +336,30 @@ mod tests {
         let maps = vec![vec![1.0, 0.0, 0.0, 1.0], vec![1.0, 0.0, 0.0, 2.0], vec![0.0, 3.0, 3.0, 0.0]];
         let f = Features { maps: &maps, images: 1, channels: 2, positions: 2 };
         // mse(F0,F1) = (0+0+0+1)/4 = 0.25; mse(F0,F2) = (1+9+9+1)/4 = 5; mse(F1,F2) = (1+9+9+4)/4 = 5.75.
-        let (d, v, mse) = density_variety(&f, 3.0);
+        let (d, v, mse, eps) = density_variety(&f, Eps::Value(3.0));
+        assert_eq!(eps, 3.0);
         assert_eq!(d, vec![1, 1, 0]);
         assert_eq!(mse, [0.25, 5.0, 5.75]);
         // 1 − cos: F0/F1 → 0 at both positions; F0/F2 and F1/F2 → 1 at both positions.
         assert_eq!(v, vec![2.0, 2.0, 4.0]);
-        let (d, _, _) = density_variety(&f, 5.0); // inclusive threshold
+        let (d, _, _, _) = density_variety(&f, Eps::Value(5.0)); // inclusive threshold
         assert_eq!(d, vec![2, 1, 1]);
+        // The median distance (5.0) as ε: the same count, F0's two pairs within it.
+        let (d, _, _, eps) = density_variety(&f, Eps::Median);
+        assert_eq!((d, eps), (vec![2, 1, 1], 5.0));
     }
 
     #[test]
     fn tdac_scores_and_counts_are_the_official_formula() {
         let maps = vec![vec![1.0, 0.0, 0.0, 1.0], vec![1.0, 0.0, 0.0, 2.0], vec![0.0, 3.0, 3.0, 0.0]];
         let f = Features { maps: &maps, images: 1, channels: 2, positions: 2 };
-        let s = tdac(&f, 1.2, 3.0, 10);
+        let s = tdac(&f, 1.2, Eps::Value(3.0), 10);
         assert_eq!(s.density_scaled, vec![1.0, 1.0, 0.0]);
         assert_eq!(s.variety_scaled, vec![0.0, 0.0, 1.0]);
         assert_eq!(s.score, vec![1.0, 1.0, 1.2]);
         // 10·(1, 1, 1.2)/3.2 = 3.125, 3.125, 3.75 → 3, 3, 4 (sum 10, no fix-up).
         assert_eq!(s.counts, vec![3, 3, 4]);
-        assert_eq!(s.constant_density_warning(3.0), None, "density 1, 1, 0 discriminates");
+        assert_eq!(s.constant_density_warning(), None, "density 1, 1, 0 discriminates");
     }
 
     #[test]
@@ -324,10 +368,10 @@ mod tests {
         let f = Features { maps: &maps, images: 1, channels: 2, positions: 2 };
         for eps in [0.1, 10.0] {
             // ε below every distance (density 0, 0, 0) or above all of them (2, 2, 2).
-            let s = tdac(&f, 1.2, eps, 10);
+            let s = tdac(&f, 1.2, Eps::Value(eps), 10);
             assert_eq!(s.density_scaled, vec![0.0; 3]);
-            let w = s.constant_density_warning(eps).expect("a constant density is reported");
-            assert!(w.contains(&format!("--eps {eps}")) && w.contains("--eps 5.000e0"), "{w}");
+            let w = s.constant_density_warning().expect("a constant density is reported");
+            assert!(w.contains(&format!("--eps {eps}")) && w.contains("median 5.000e0: --eps median"), "{w}");
         }
     }
 

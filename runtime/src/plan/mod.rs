@@ -232,7 +232,18 @@ pub(crate) struct Planned<'m> {
     pub(crate) out: u32,
     /// What to do.
     pub(crate) step: Step<'m>,
+    /// Too little work to share: runs on the calling thread (see [`SERIAL_MACS`]).
+    pub(crate) serial: bool,
 }
+
+/// Steps with fewer multiply-accumulates than this (weighted ops, attention), or fewer output
+/// elements than [`SERIAL_ELEMENTS`] (the rest), run on the calling thread alone: handing a job
+/// to the pool's workers costs a few microseconds (`cargo bench --bench pool`), more than
+/// splitting such a step saves. Every kernel computes the same bytes for any split, so this
+/// changes only the time.
+pub(crate) const SERIAL_MACS: u64 = 1 << 18;
+/// See [`SERIAL_MACS`].
+pub(crate) const SERIAL_ELEMENTS: usize = 1 << 13;
 
 /// The plan of a session.
 #[derive(Debug)]
@@ -304,6 +315,8 @@ pub(crate) struct PlanRequest<'a> {
     pub(crate) height: usize,
     pub(crate) width: usize,
     pub(crate) keep: &'a [ValueId],
+    /// Split even the small steps ([`SERIAL_MACS`]).
+    pub(crate) split_small_steps: bool,
 }
 
 impl<'m> Plan<'m> {
@@ -340,13 +353,18 @@ impl<'m> Plan<'m> {
                 model.release_pages(w);
             }
             let inputs = node.inputs.iter().map(|v| v.0).collect();
-            steps.push(Planned { node: ni, inputs, out: node.output.0, step });
+            steps.push(Planned { node: ni, inputs, out: node.output.0, step, serial: false });
             scratch_len.push(scratch);
         }
         fuse_norm_activation(&mut steps, &mut scratch_len, g, req.keep);
         let mut slot_len: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
         fuse_norm_quantize(&mut steps, &mut scratch_len, &mut slot_len, g, req.keep);
         let prepared = steps.iter().map(|p| step_prepared_bytes(&p.step)).sum();
+        for p in &mut steps {
+            let macs = step_macs(&g.nodes[p.node], &shapes, &p.inputs, p.out);
+            let elements: usize = shapes[p.out as usize].iter().product();
+            p.serial = !req.split_small_steps && if macs > 0 { macs < SERIAL_MACS } else { elements < SERIAL_ELEMENTS };
+        }
 
         // Liveness: a value lives from the step that defines it (inputs: before step 0) to its
         // last reader; graph outputs and kept values to the end.
