@@ -82,7 +82,7 @@ model() { # M
         # EDA-DM's own initialisation, as the recorded rows were made (the default recipe since
         # issue 18 adds percentile ranges, bias correction and an f32 output layer).
         timed "$q.time" $E quantize "$fp" --calib-set "$OUT/$M-calib-$C.safetensors" --wbits "$W" --recon "$R" \
-          --act-init mse --bias-correction false --fp-output-layer false \
+          --act-init mse --bias-correction false --fp-output-layer false --fp-input-layer false \
           --iters "$IT" --batch 32 --report "$OUT/rep-$name" "${resume[@]}" -o "$q"
       fi
       [ -f "$OUT/$name.json" ] && continue

@@ -182,6 +182,8 @@ pub mod keys {
     pub const QUANT_BIAS_CORRECTION: &str = "quant.bias_correction";
     /// Whether the output layer kept f32 weights.
     pub const QUANT_FP_OUTPUT_LAYER: &str = "quant.fp_output_layer";
+    /// Whether the layers reading the network input x_t kept it f32.
+    pub const QUANT_FP_INPUT_LAYER: &str = "quant.fp_input_layer";
     /// Calibration samples N.
     pub const CALIB_SAMPLES: &str = "calib.samples";
     /// Sampler of the calibration trajectories: `ddim`, `ddpm`, `plms`, `dpm-solver++`.
@@ -226,6 +228,7 @@ pub mod keys {
         (QUANT_STEP_GROUPS, MetaType::U64),
         (QUANT_BIAS_CORRECTION, MetaType::Bool),
         (QUANT_FP_OUTPUT_LAYER, MetaType::Bool),
+        (QUANT_FP_INPUT_LAYER, MetaType::Bool),
         (CALIB_SAMPLES, MetaType::U64),
         (CALIB_SAMPLER, MetaType::Str),
         (CALIB_STEPS, MetaType::U64),

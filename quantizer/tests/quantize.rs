@@ -202,6 +202,7 @@ fn time_step_groups_corrected_biases_and_an_f32_output_layer_run_like_the_fake_q
     let mut cfg = small_config(8, Recon::None, 0);
     cfg.bias_correction = true;
     cfg.structure.fp_last = true;
+    cfg.structure.fp_input = true;
     cfg.step_groups = quant::StepGrouping::Groups(3);
     let grouped = quant::quantize(&net, &set, &cfg, None, false, None, &mut |_| {}).unwrap().model;
     cfg.step_groups = quant::StepGrouping::One;
@@ -241,7 +242,10 @@ fn time_step_groups_corrected_biases_and_an_f32_output_layer_run_like_the_fake_q
     // The output layer stays f32.
     let last = net.graph.nodes.iter().position(|n| n.name == "conv_out").unwrap();
     assert!(grouped.nodes[last].is_none());
-    parity(&model, &net, &grouped, "fmnist-ddpm W8A8 3 time-step groups, corrected biases, f32 output layer");
+    // conv_in reads x_t: quantized weights, an f32 input.
+    let first = net.graph.nodes.iter().position(|n| n.name == "conv_in").unwrap();
+    assert!(matches!(&grouped.nodes[first], Some(quant::NodeQ::Weight(w)) if w.groups[0].input.is_none()));
+    parity(&model, &net, &grouped, "fmnist-ddpm W8A8 3 time-step groups, corrected biases, f32 output layer and input");
 }
 
 #[test]
@@ -254,6 +258,20 @@ fn exported_mnist_unet_runs_on_the_integer_runtime_like_the_fake_quant_forward()
         let (net, q) = init_only(&model, wbits);
         parity(&model, &net, &q, &format!("mnist-unet W{wbits}A8"));
     }
+    // The network input kept f32: mnist-unet's first skip conv reads x_t plus the time
+    // embedding (an Add), and no other weighted node reads it.
+    let net = Net::from_model(&model, &Device::Cpu).unwrap();
+    let mut cfg = small_config(8, Recon::None, 0);
+    cfg.structure.fp_input = true;
+    let q = quant::quantize(&net, &synthetic_set(&model, 24, 5), &cfg, None, false, None, &mut |_| {}).unwrap().model;
+    let f32_in: Vec<&str> = (0..q.nodes.len())
+        .filter(|&i| matches!(&q.nodes[i], Some(quant::NodeQ::Weight(w)) if w.groups[0].input.is_none()))
+        .map(|i| net.graph.nodes[i].name.as_str())
+        .collect();
+    // The first skip conv and the output conv (whose input is f32 in every recipe).
+    assert_eq!(f32_in.len(), 2, "{f32_in:?}");
+    assert_eq!(f32_in[0], "encoders.0.0.residual_conv", "{f32_in:?}");
+    parity(&model, &net, &q, "mnist-unet W8A8, f32 input");
 }
 
 fn run_fbr(

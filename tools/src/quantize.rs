@@ -33,8 +33,10 @@ pub struct QuantizeArgs {
     /// options must then be left at their defaults.
     #[arg(long)]
     calib_set: Option<PathBuf>,
-    /// Reconstruction: EDA-DM's FBR, BRECQ's block-wise, layer-wise, or none (initialisation only).
-    #[arg(long, default_value = "fbr", value_parser = ["fbr", "block", "layer", "none"])]
+    /// Reconstruction: EDA-DM's FBR, BRECQ's block-wise, layer-wise, none (initialisation only),
+    /// or `auto`: none at 8-bit weights, FBR at 4 — what measured best on final images of both
+    /// shared models (docs/RESULTS.md: at W8A8 reconstruction lowered the PSNR against FP).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "fbr", "block", "layer", "none"])]
     recon: String,
     /// FBR: weight γ of the layer losses.
     #[arg(long, default_value_t = 0.8)]
@@ -80,6 +82,12 @@ pub struct QuantizeArgs {
     /// `false` for EDA-DM as published).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     fp_output_layer: bool,
+    /// Convs and linears reading the network input x_t (or x_t plus an embedding) keep that
+    /// input f32: their weights stay quantized and they run in f32 on dequantized weights, like
+    /// the output layer. One activation range for all steps must span pure noise and a clean
+    /// image (on by default, `false` for EDA-DM as published).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    fp_input_layer: bool,
     /// Q-Diffusion's split of the skip convolution on decoder concatenations (official: on).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     split: bool,
@@ -139,7 +147,12 @@ fn calib_defaults_changed(o: &CalibOpts) -> Vec<&'static str> {
 pub fn run(a: QuantizeArgs) -> Result<()> {
     edadm_runtime::keep_freed_memory();
     let started = Instant::now();
-    let method = Recon::from_name(&a.recon).expect("clap checked --recon");
+    let recon = match a.recon.as_str() {
+        "auto" if a.wbits == 8 => "none",
+        "auto" => "fbr",
+        r => r,
+    };
+    let method = Recon::from_name(recon).expect("clap checked --recon");
     if !matches!(a.wbits, 4 | 8) {
         bail!("--wbits {}: 8 or 4 are supported", a.wbits);
     }
@@ -153,7 +166,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         bail!("--gamma must be finite and non-negative");
     }
     if method != Recon::Fbr && a.gamma != 0.8 {
-        bail!("--gamma weighs FBR's layer losses; it has no meaning with --recon {}", a.recon);
+        bail!("--gamma weighs FBR's layer losses; it has no meaning with --recon {recon}");
     }
     for (name, v) in [("--lr-w", a.lr_w), ("--lr-a", a.lr_a)] {
         if let Some(v) = v
@@ -222,7 +235,13 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     }
     let (lr_w0, lr_a0) = if a.wbits == 4 { (5e-1, 5e-4) } else { (5e-2, 1e-3) };
     let cfg = QuantizeConfig {
-        structure: Structure { wbits: a.wbits, abits: a.abits, split: a.split, fp_last: a.fp_output_layer },
+        structure: Structure {
+            wbits: a.wbits,
+            abits: a.abits,
+            split: a.split,
+            fp_last: a.fp_output_layer,
+            fp_input: a.fp_input_layer,
+        },
         recon: ReconConfig {
             method,
             iters: a.iters,
@@ -300,6 +319,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         (keys::QUANT_STEP_GROUPS.into(), MetaValue::U64(out.model.num_groups() as u64)),
         (keys::QUANT_BIAS_CORRECTION.into(), MetaValue::Bool(a.bias_correction)),
         (keys::QUANT_FP_OUTPUT_LAYER.into(), MetaValue::Bool(a.fp_output_layer)),
+        (keys::QUANT_FP_INPUT_LAYER.into(), MetaValue::Bool(a.fp_input_layer)),
         (keys::CALIB_SAMPLES.into(), MetaValue::U64(n as u64)),
         (keys::CALIB_SHA256.into(), MetaValue::Str(sha)),
     ];

@@ -294,6 +294,9 @@ fn quantize_with_each_activation_initialisation() {
             "8",
             "--act-init",
             init,
+            // conv_in reads x_t: quantize its input to compare the initialisations on it.
+            "--fp-input-layer",
+            "false",
             "-o",
             out.to_str().unwrap(),
         ];
@@ -319,16 +322,29 @@ fn quantize_with_each_activation_initialisation() {
     assert!(!bad.exists());
     assert_one_line_error(&with(&["--act-init", "mse", "--act-percentile", "99.9"]), 1, "--act-percentile");
     assert!(!bad.exists());
-    // The default recipe (docs/RESULTS.md): percentile 99.999, corrected biases, an f32 output
-    // layer, one table for every step (a minor-0 file).
+    // The default recipe (docs/RESULTS.md): no reconstruction at 8-bit weights, percentile
+    // 99.999, corrected biases, an f32 output layer, one table for every step (a minor-0 file);
+    // at 4-bit weights FBR.
     let def = d.join("default.edq");
-    let r = edadm(&[&base[..], &["-o", def.to_str().unwrap()]].concat());
+    let plain = ["quantize", model.as_str(), "--calib-set", calib.to_str().unwrap(), "--holdout", "8"];
+    let r = edadm(&[&plain[..], &["-o", def.to_str().unwrap()]].concat());
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let v: serde_json::Value =
-        serde_json::from_slice(&edadm(&["inspect", def.to_str().unwrap(), "--json"]).stdout).unwrap();
+    let meta = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&edadm(&["inspect", p.to_str().unwrap(), "--json"]).stdout).unwrap()
+    };
+    let w4 = d.join("w4.edq");
+    let r = edadm(&[&plain[..], &["--wbits", "4", "--iters", "2", "-o", w4.to_str().unwrap()]].concat());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(meta(&w4)["metadata"]["quant.reconstruction"], "fbr");
+    let v = meta(&def);
+    assert_eq!(v["metadata"]["quant.reconstruction"], "none");
     assert_eq!(v["metadata"]["quant.act_init"], "percentile 99.999");
     assert_eq!(v["metadata"]["quant.bias_correction"], true);
     assert_eq!(v["metadata"]["quant.fp_output_layer"], true);
+    assert_eq!(v["metadata"]["quant.fp_input_layer"], true);
+    // conv_in reads x_t: 8-bit weights, no input quantizer (f32 input).
+    let conv_in = v["graph"]["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "conv_in").unwrap();
+    assert!(conv_in["act_quant"][0]["input"].is_null() && !conv_in["weight_bits"].is_null(), "{conv_in}");
     assert_eq!(v["metadata"]["quant.step_groups"], 1);
     assert_eq!(v["header"]["version"], "1.0");
     let last = v["graph"]["nodes"]
@@ -340,7 +356,8 @@ fn quantize_with_each_activation_initialisation() {
     assert!(last.is_some(), "the output conv keeps f32 weights");
     // Three time-step groups: a minor-1 file whose quantizers list one (Δ, zp) per group.
     let grouped = d.join("grouped.edq");
-    let r = edadm(&[&base[..], &["--step-groups", "3", "-o", grouped.to_str().unwrap()]].concat());
+    let grouped_args = ["--step-groups", "3", "--fp-input-layer", "false", "-o", grouped.to_str().unwrap()];
+    let r = edadm(&[&base[..], &grouped_args[..]].concat());
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let v: serde_json::Value =
         serde_json::from_slice(&edadm(&["inspect", grouped.to_str().unwrap(), "--json"]).stdout).unwrap();

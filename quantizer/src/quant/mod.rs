@@ -125,7 +125,7 @@ impl QuantizeConfig {
     pub fn official(wbits: u32, method: Recon) -> QuantizeConfig {
         let (lr_w, lr_a) = if wbits == 4 { (5e-1, 5e-4) } else { (5e-2, 1e-3) };
         QuantizeConfig {
-            structure: Structure { wbits, abits: 8, split: true, fp_last: false },
+            structure: Structure { wbits, abits: 8, split: true, fp_last: false, fp_input: false },
             recon: ReconConfig { method, iters: 5000, batch: 32, lr_w, lr_a, gamma: 0.8, drop_prob: 0.5 },
             seed: 1234,
             holdout: 0,

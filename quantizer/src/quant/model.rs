@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use candle_core::Tensor;
-use edadm_format::graph::{Graph, Op, ValueId};
+use edadm_format::graph::{Graph, InputKind, Op, ValueId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{QuantError, Result};
@@ -164,6 +164,11 @@ pub struct Structure {
     /// instead of 8-bit ones: no integer work is lost, it runs in f32 either way.
     #[serde(default)]
     pub fp_last: bool,
+    /// Convs and linears that read the network's sample input x_t (or x_t plus an embedding)
+    /// keep it f32 (their weights stay quantized): one (Δ, zp) for all steps cannot fit both
+    /// pure noise and a clean image.
+    #[serde(default)]
+    pub fp_input: bool,
 }
 
 /// The whole quantized model.
@@ -225,6 +230,7 @@ impl QModel {
             _ => return Err(QuantError::Invalid("the model has no conv or linear layer to quantize".into())),
         };
         let producer = producers(g);
+        let sample = g.inputs.iter().find(|i| matches!(i.kind, InputKind::Sample { .. })).map(|i| i.value);
         let placeholder = ActQ { delta: 1.0, zero_point: 0.0, bits: s.abits };
         let mut nodes = vec![None; g.nodes.len()];
         for &ni in &weighted {
@@ -252,7 +258,21 @@ impl QModel {
                     bounds = vec![(0, ch), (ch, inp)];
                 }
             }
-            let input = if ni == last { None } else { Some(placeholder) };
+            // x_t itself, or x_t plus a broadcast embedding (mnist-unet adds its time
+            // embedding to the image before the first block).
+            let reads_sample = s.fp_input && {
+                let mut v = node.inputs[0];
+                loop {
+                    if sample == Some(v) {
+                        break true;
+                    }
+                    match producer.get(&v) {
+                        Some(&pi) if g.nodes[pi].op == Op::Add => v = g.nodes[pi].inputs[0],
+                        _ => break false,
+                    }
+                }
+            };
+            let input = if ni == last || reads_sample { None } else { Some(placeholder) };
             let mut wn = WNode {
                 bits,
                 out,
