@@ -18,16 +18,7 @@ pub(super) fn build_step<'m>(
         Op::ConvTranspose2d(c) => {
             let [n, ci, h, w] = rank4(node, ins[0], "ConvTranspose2d input")?;
             check_channels(node, ci, c.in_channels)?;
-            let geom = ConvTransposeGeom {
-                cin: ci,
-                cout: c.out_channels as usize,
-                h,
-                w,
-                kernel: c.kernel.map(|x| x as usize),
-                stride: c.stride.map(|x| x as usize),
-                padding: c.padding.map(|x| x as usize),
-                output_padding: c.output_padding.map(|x| x as usize),
-            };
+            let geom = convt_geom(c, ci, h, w);
             let [oh, ow] = geom.out_hw().ok_or_else(|| shape_err(node, "the padding removes the whole output"))?;
             let wf = floats(model, c.weight);
             let w = conv::pack_conv_transpose2d_weights(k, &wf, &geom);

@@ -588,6 +588,20 @@ fn assign_offsets(items: &[(usize, usize, usize)]) -> (Vec<usize>, usize) {
     (offsets, total.next_multiple_of(16))
 }
 
+/// The kernels' geometry of a transposed convolution over a `ci × h × w` input (f32 and integer).
+fn convt_geom(c: &edadm_format::graph::ConvTranspose2d, ci: usize, h: usize, w: usize) -> ConvTransposeGeom {
+    ConvTransposeGeom {
+        cin: ci,
+        cout: c.out_channels as usize,
+        h,
+        w,
+        kernel: c.kernel.map(|x| x as usize),
+        stride: c.stride.map(|x| x as usize),
+        padding: c.padding.map(|x| x as usize),
+        output_padding: c.output_padding.map(|x| x as usize),
+    }
+}
+
 fn rank4(node: &Node, s: &[usize], what: &str) -> Result<[usize; 4]> {
     <[usize; 4]>::try_from(s).map_err(|_| shape_err(node, format!("{what} must be [N, C, H, W], got {s:?}")))
 }

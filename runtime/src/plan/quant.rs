@@ -159,16 +159,7 @@ pub(super) fn build_quant_step<'m>(
                     if wq.groups.len() != 1 {
                         return Err(unsupported(node, "a split transposed convolution"));
                     }
-                    let geom = ConvTransposeGeom {
-                        cin: ci,
-                        cout: c.out_channels as usize,
-                        h,
-                        w,
-                        kernel: c.kernel.map(|x| x as usize),
-                        stride: c.stride.map(|x| x as usize),
-                        padding: c.padding.map(|x| x as usize),
-                        output_padding: c.output_padding.map(|x| x as usize),
-                    };
+                    let geom = convt_geom(c, ci, h, w);
                     let plan = qconv::QConvTranspose2dPlan::new(k, n, geom, &ints)
                         .ok_or_else(|| shape_err(node, "the transposed convolution has no output"))?;
                     let [oh, ow] = plan.out_hw();
