@@ -259,7 +259,21 @@ pub enum ActInit {
     MinMax,
     /// Per batch the lower and upper percentile (`p` and `100 − p`), averaged over the batches.
     Percentile(f32),
+    /// Per quantizer, the one of [`LAYER_CANDIDATES`] whose range gives the smallest error of
+    /// the layer it feeds: the candidates are folded side by side over the batches, then each is
+    /// tried on its layer alone (FP inputs, the layer's quantized weights) against the FP output.
+    Layer,
 }
+
+/// The ranges `--act-init layer` chooses from, per quantizer (the first is the one the
+/// observation pass quantizes with).
+pub const LAYER_CANDIDATES: [ActInit; 5] = [
+    ActInit::Percentile(99.999),
+    ActInit::Percentile(99.99),
+    ActInit::Percentile(99.9),
+    ActInit::Percentile(99.0),
+    ActInit::MinMax,
+];
 
 impl ActInit {
     /// From the command-line name (`mse`, `mse-asym`, `minmax`, `percentile` with `p`).
@@ -269,6 +283,7 @@ impl ActInit {
             "mse-asym" => ActInit::MseAsym,
             "minmax" => ActInit::MinMax,
             "percentile" => ActInit::Percentile(p),
+            "layer" => ActInit::Layer,
             _ => return None,
         })
     }
@@ -280,6 +295,7 @@ impl ActInit {
             ActInit::MseAsym => "mse-asym".into(),
             ActInit::MinMax => "minmax".into(),
             ActInit::Percentile(p) => format!("percentile {p}"),
+            ActInit::Layer => "layer".into(),
         }
     }
 }
@@ -288,14 +304,7 @@ impl ActInit {
 /// `round(q·(n − 1))`, from one copy of `x`.
 pub fn quantiles(x: &[f32], lo: f64, hi: f64) -> (f32, f32) {
     let mut v: Vec<f32> = x.iter().copied().filter(|v| !v.is_nan()).collect();
-    if v.is_empty() {
-        return (0.0, 0.0);
-    }
-    let rank = |q: f64| ((q.clamp(0.0, 1.0) * (v.len() - 1) as f64).round() as usize).min(v.len() - 1);
-    let (kl, kh) = (rank(lo), rank(hi));
-    let l = *v.select_nth_unstable_by(kl, f32::total_cmp).1;
-    let h = *v.select_nth_unstable_by(kh, f32::total_cmp).1;
-    (l, h)
+    quantiles_in_place(&mut v, lo, hi)
 }
 
 /// The L2.4 search over candidate ranges `[α·lo, α·hi]`, `α = i/100`, `(lo, hi)` the tensor's
@@ -312,14 +321,55 @@ pub fn search_tensor_asym(x: &[f32], bits: u32) -> (f32, f32) {
 /// An activation quantizer's initialisation state: the side fixed by the first batch and the
 /// range folded over batches as [`ActInit`] says — the official exponential moving average of
 /// the searched ranges (`update_quantize_range`: the first batch sets it, each later one moves
-/// it by 0.1), the running extremes, or the running mean of percentiles.
+/// it by 0.1), the running extremes, or the running mean of percentiles. With
+/// [`ActInit::Layer`] every one of [`LAYER_CANDIDATES`] is folded side by side until
+/// [`ActRange::choose`] picks one.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ActRange {
     bits: u32,
     init: ActInit,
     side: Option<Side>,
     range: Option<(f32, f32)>,
+    /// `ActInit::Layer`: the candidates' ranges.
+    cands: [Option<(f32, f32)>; LAYER_CANDIDATES.len()],
     batches: u32,
+}
+
+/// The statistic of one batch under `init` (a percentile pair, the extremes or the searched
+/// range); `side` is the quantizer's side (the official search's symmetric candidates).
+fn batch_range(x: &[f32], bits: u32, init: ActInit, side: Side) -> (f32, f32) {
+    match init {
+        ActInit::Mse => search_tensor(x, bits, side),
+        ActInit::MseAsym => search_tensor_asym(x, bits),
+        ActInit::MinMax => {
+            let (mn, mx) = min_max(x);
+            if mn.is_finite() && mx.is_finite() { (mn, mx) } else { (0.0, 0.0) }
+        }
+        ActInit::Percentile(p) => {
+            let q = f64::from(p.clamp(50.0, 100.0)) / 100.0;
+            quantiles(x, 1.0 - q, q)
+        }
+        ActInit::Layer => unreachable!("a layer choice folds its candidates"),
+    }
+}
+
+/// Folds one batch's range `b` into the running range `r` after `n` batches, as `init` says.
+fn fold(init: ActInit, r: Option<(f32, f32)>, n: u32, b: (f32, f32)) -> (f32, f32) {
+    let (mn, mx) = b;
+    if let ActInit::Mse | ActInit::MseAsym = init {
+        // The first batch goes through the same arithmetic (as before, bit for bit).
+        let (rmn, rmx) = r.unwrap_or(b);
+        return (0.1 * mn + 0.9 * rmn, 0.1 * mx + 0.9 * rmx);
+    }
+    let Some((rmn, rmx)) = r else { return b };
+    match init {
+        ActInit::Mse | ActInit::MseAsym => unreachable!("folded above"),
+        ActInit::MinMax => (rmn.min(mn), rmx.max(mx)),
+        ActInit::Percentile(_) | ActInit::Layer => {
+            let n = n as f32;
+            ((rmn * n + mn) / (n + 1.0), (rmx * n + mx) / (n + 1.0))
+        }
+    }
 }
 
 impl ActRange {
@@ -330,38 +380,29 @@ impl ActRange {
 
     /// A quantizer with `bits` bits initialised by `init` that has seen nothing.
     pub fn with_init(bits: u32, init: ActInit) -> Self {
-        ActRange { bits, init, side: None, range: None, batches: 0 }
+        ActRange { bits, init, side: None, range: None, cands: [None; LAYER_CANDIDATES.len()], batches: 0 }
     }
 
     /// Folds this batch into the range.
     pub fn observe(&mut self, x: &[f32]) {
         let side = *self.side.get_or_insert_with(|| Side::of(x));
-        let ema = |r: Option<(f32, f32)>, (mn, mx): (f32, f32)| {
-            let (rmn, rmx) = r.unwrap_or((mn, mx));
-            (0.1 * mn + 0.9 * rmn, 0.1 * mx + 0.9 * rmx)
-        };
-        let next = match self.init {
-            ActInit::Mse => ema(self.range, search_tensor(x, self.bits, side)),
-            ActInit::MseAsym => ema(self.range, search_tensor_asym(x, self.bits)),
-            ActInit::MinMax => {
-                let (mn, mx) = min_max(x);
-                let (mn, mx) = if mn.is_finite() && mx.is_finite() { (mn, mx) } else { (0.0, 0.0) };
-                match self.range {
-                    Some((rmn, rmx)) => (rmn.min(mn), rmx.max(mx)),
-                    None => (mn, mx),
-                }
+        if self.init == ActInit::Layer {
+            // One copy, the percentile pairs selected from it; the extremes from the data.
+            let mut v: Vec<f32> = x.iter().copied().filter(|v| !v.is_nan()).collect();
+            for (i, c) in LAYER_CANDIDATES.iter().enumerate() {
+                let b = match *c {
+                    ActInit::Percentile(p) => {
+                        quantiles_in_place(&mut v, 1.0 - f64::from(p) / 100.0, f64::from(p) / 100.0)
+                    }
+                    other => batch_range(x, self.bits, other, side),
+                };
+                self.cands[i] = Some(fold(*c, self.cands[i], self.batches, b));
             }
-            ActInit::Percentile(p) => {
-                let q = f64::from(p.clamp(50.0, 100.0)) / 100.0;
-                let (mn, mx) = quantiles(x, 1.0 - q, q);
-                let n = self.batches as f32;
-                match self.range {
-                    Some((rmn, rmx)) => ((rmn * n + mn) / (n + 1.0), (rmx * n + mx) / (n + 1.0)),
-                    None => (mn, mx),
-                }
-            }
-        };
-        self.range = Some(next);
+            self.range = self.cands[0];
+        } else {
+            let b = batch_range(x, self.bits, self.init, side);
+            self.range = Some(fold(self.init, self.range, self.batches, b));
+        }
         self.batches += 1;
     }
 
@@ -374,6 +415,31 @@ impl ActRange {
     pub fn grid(&self) -> Option<Grid> {
         self.range.map(|(mn, mx)| Grid::from_range(mn, mx, self.bits))
     }
+
+    /// `ActInit::Layer`: the candidates' grids, in [`LAYER_CANDIDATES`] order (empty otherwise
+    /// and before the first batch).
+    pub fn candidates(&self) -> Vec<Grid> {
+        self.cands.iter().map_while(|c| c.map(|(mn, mx)| Grid::from_range(mn, mx, self.bits))).collect()
+    }
+
+    /// `ActInit::Layer`: keeps candidate `i` as the range.
+    pub fn choose(&mut self, i: usize) {
+        if let Some(Some(r)) = self.cands.get(i) {
+            self.range = Some(*r);
+        }
+    }
+}
+
+/// [`quantiles`] on a NaN-free vector that may be reordered (several pairs from one copy).
+fn quantiles_in_place(v: &mut [f32], lo: f64, hi: f64) -> (f32, f32) {
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    let rank = |q: f64| ((q.clamp(0.0, 1.0) * (v.len() - 1) as f64).round() as usize).min(v.len() - 1);
+    let (kl, kh) = (rank(lo), rank(hi));
+    let l = *v.select_nth_unstable_by(kl, f32::total_cmp).1;
+    let h = *v.select_nth_unstable_by(kh, f32::total_cmp).1;
+    (l, h)
 }
 
 #[cfg(test)]
@@ -524,5 +590,32 @@ mod tests {
         let (mn, mx) = (0.1 * -3.0 + 0.9 * first.0, 0.1 * 3.0 + 0.9 * first.1);
         assert_eq!(a.grid(), Some(Grid::from_range(mn, mx, 8)));
         assert_eq!(a.side(), Some(Side::Two));
+    }
+
+    #[test]
+    fn a_layer_choice_folds_every_candidate_as_its_own_init_would() {
+        let b1: Vec<f32> =
+            (0..10_000).map(|i| (i as f32 * 0.37).sin() * 2.0 + if i == 7 { 40.0 } else { 0.0 }).collect();
+        let b2: Vec<f32> = b1.iter().map(|v| v * 0.5 - 0.3).collect();
+        let mut l = ActRange::with_init(8, ActInit::Layer);
+        assert!(l.candidates().is_empty());
+        l.observe(&b1);
+        l.observe(&b2);
+        let cands = l.candidates();
+        assert_eq!(cands.len(), LAYER_CANDIDATES.len());
+        for (c, got) in LAYER_CANDIDATES.iter().zip(&cands) {
+            let mut alone = ActRange::with_init(8, *c);
+            alone.observe(&b1);
+            alone.observe(&b2);
+            assert_eq!(Some(*got), alone.grid(), "{c:?}");
+        }
+        // Before a choice the first candidate quantizes; a choice switches the range.
+        assert_eq!(l.grid(), Some(cands[0]));
+        l.choose(4);
+        assert_eq!(l.grid(), Some(cands[4]));
+        // The outlier: minmax spans it, the 99th percentile clips it.
+        assert!(cands[4].delta > 5.0 * cands[3].delta);
+        assert_eq!(ActInit::from_name("layer", 0.0), Some(ActInit::Layer));
+        assert_eq!(ActInit::Layer.name(), "layer");
     }
 }

@@ -60,8 +60,10 @@ pub struct QuantizeArgs {
     /// the same search scaling both ends of [min, max] (`mse-asym`), the extremes over the
     /// calibration set (`minmax`, ONNX Runtime's default), or averaged per-batch percentiles
     /// (`percentile`, see --act-percentile; the default: it measured best on both shared models,
-    /// docs/RESULTS.md). EDA-DM's official initialisation is `mse`.
-    #[arg(long, default_value = "percentile", value_parser = ["mse", "mse-asym", "minmax", "percentile"])]
+    /// docs/RESULTS.md), or per quantizer whichever of percentile 99.999 / 99.99 / 99.9 / 99 and
+    /// minmax gives its layer the smallest output error against FP on the calibration samples
+    /// (`layer`). EDA-DM's official initialisation is `mse`.
+    #[arg(long, default_value = "percentile", value_parser = ["mse", "mse-asym", "minmax", "percentile", "layer"])]
     act_init: String,
     /// The percentile of `--act-init percentile` (the range is [P(100 − p), P(p)]; default 99.999).
     #[arg(long)]
@@ -354,6 +356,13 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let _ = std::fs::remove_file(&ckpt);
     if let Some(dir) = &a.sensitivity {
         sensitivity(&model, &net, &out.model, &a, dir)?;
+    }
+    if !r.act_choices.is_empty() {
+        let list: Vec<String> = r.act_choices.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        eprintln!(
+            "--act-init layer: ranges chosen per activation quantizer by layer-output error — {}",
+            list.join(", ")
+        );
     }
     let kept = r.units.iter().filter(|u| u.kept).count();
     println!(

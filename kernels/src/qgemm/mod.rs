@@ -294,14 +294,22 @@ pub struct QEpilogue<'a> {
     pub accumulate: bool,
 }
 
-/// Scratch bytes [`qgemm`] needs for `kg` k-groups (an edge panel of `B` and a tile).
+/// Scratch (f32 elements) [`qgemm`] needs for `kg` k-groups: one packed block of `B`
+/// ([`pack_tiles`] column tiles) and a tile.
 pub fn qgemm_scratch_len(kern: &QgemmKernel, kg: usize) -> usize {
-    (kg * kern.nr * 4).div_ceil(4) + 16 * kern.nr
+    // `pack_tiles · 4·kg·NR` never exceeds this bound, which grows with `kg` (callers size one
+    // scratch for their largest product).
+    PACK_BUDGET.max(4 * kg * kern.nr).div_ceil(4) + 16 * kern.nr
+}
+
+/// Column tiles of `B` packed together: as many as fit [`PACK_BUDGET`], at least one.
+fn pack_tiles(kern: &QgemmKernel, kg: usize) -> usize {
+    (PACK_BUDGET / (4 * kg * kern.nr).max(1)).max(1)
 }
 
 /// `C[i, j] (+)= scale[i]·(Σ_k A[i, k]·B[k, j] − zp·Σ_k A[i, k]) + bias[i]` for `n` columns,
-/// k-group `g` of column `j` at `b[offs[g] + 4j ..]`. `C` is row-major (`c.cs == 1`). The last,
-/// partial panel of columns is copied into `scratch`, so no read runs past `offs[g] + 4n`.
+/// k-group `g` of column `j` at `b[offs[g] + 4j ..]`. `C` is row-major (`c.cs == 1`). Column
+/// blocks are packed into `scratch` first (zeros past `n`), so no read runs past `offs[g] + 4n`.
 pub fn qgemm(
     kern: &QgemmKernel,
     a: PackedQRef<'_>,
@@ -325,24 +333,13 @@ pub fn qgemm(
     }
     assert!(offs.iter().all(|&o| o + 4 * n <= b.len()), "a k-group of B runs past its buffer");
     assert!((m - 1) * c.rs + n <= c.data.len(), "C view out of bounds");
-    let (edge, tile) = scratch.split_at_mut((kg * nr * 4).div_ceil(4));
-    let edge: &mut [u8] = bytemuck::cast_slice_mut(edge);
+    let tiles = pack_tiles(kern, kg);
+    let (packed, tile) = scratch.split_at_mut((tiles * kg * nr * 4).div_ceil(4));
+    let packed: &mut [u8] = bytemuck::cast_slice_mut(packed);
     let tile = &mut tile[..16 * nr];
-    let full = n / nr * nr;
     let off = ep.zero_point - kern.b_offset;
     let mut t = QTile { scale: [0.0; 16], corr: [0; 16], bias: [0.0; 16], raw: ep.scale.is_none() };
     let panel_bytes = packed_q_len(kern, mr, kg);
-    // The partial last panel of B (if any) is packed once: k-group g at 4·NR·g, zero bytes
-    // past the valid columns.
-    if full < n {
-        let nc = n - full;
-        for (g, &o) in offs.iter().enumerate() {
-            let dst = &mut edge[g * 4 * nr..(g + 1) * 4 * nr];
-            dst[..4 * nc].copy_from_slice(&b[o + 4 * full..o + 4 * n]);
-            dst[4 * nc..].fill(0);
-        }
-    }
-    let edge: &[u8] = edge;
     let tile_params = |p: usize, t: &mut QTile| {
         let i0 = p * mr;
         let mc = (m - i0).min(mr);
@@ -368,8 +365,9 @@ pub fn qgemm(
         if mc == mr && nc == w {
             let at = i0 * c.rs + j0;
             // SAFETY: the panel holds `kg` k-groups of MR rows; every `bptr + optr[g]` has 4·w
-            // readable bytes (full panels: j0 + w ≤ n and `offs[g] + 4n ≤ b.len()`, checked;
-            // the edge panel: packed); the tile of C is inside `c.data` (checked above).
+            // readable bytes (in place: j0 + w ≤ n and `offs[g] + 4n ≤ b.len()`, checked;
+            // packed: a tile of 4·NR bytes per k-group, a narrow one read at 4·w·s inside it);
+            // the tile of C is inside `c.data` (checked above).
             unsafe { ukr(kg, ap.as_ptr(), bptr, optr, c.data.as_mut_ptr().add(at), c.rs, t, ep.accumulate) };
         } else {
             for i in 0..mc {
@@ -384,43 +382,99 @@ pub fn qgemm(
             }
         }
     };
-    let run = |p: usize, j0: usize, t: &QTile, c: &mut crate::gemm::MatMut<'_>, tile: &mut [f32]| {
-        if j0 < full {
-            return tile_at(p, j0, nr, kern.ukr, b[4 * j0..].as_ptr(), offs.as_ptr(), t, c, tile);
-        }
-        // The edge panel, packed with stride 4·NR per k-group: narrow tiles read it at 4·w·s.
-        let (w, ukr) = kern.narrow.map_or((nr, kern.ukr), |nw| (nw.nr, nw.ukr));
-        for s in 0..(n - j0).div_ceil(w) {
-            tile_at(
-                p,
-                j0 + s * w,
-                w,
-                ukr,
-                edge.as_ptr().wrapping_add(4 * w * s),
-                kern.panel_offsets.as_ptr(),
-                t,
-                c,
-                tile,
-            );
-        }
-    };
     let mut c = c;
     let panels = m.div_ceil(mr);
-    // Two-level blocking: a block of column panels small enough to stay in L2 (≤ 512 KB of B),
-    // swept by every row panel, whose weights stay in L1 across the block.
-    let block = ((L2_BUDGET / (4 * kg).max(1)) / nr).max(1) * nr;
-    for jb in (0..n).step_by(block) {
+    let tile_bytes = kg * 4 * nr;
+    let pack_all = pack_policy(offs, n);
+    let pack = |jb: usize, je: usize, packed: &mut [u8]| match 4 * nr {
+        32 => pack_block::<32>(b, offs, jb, je, tile_bytes, packed),
+        48 => pack_block::<48>(b, offs, jb, je, tile_bytes, packed),
+        96 => pack_block::<96>(b, offs, jb, je, tile_bytes, packed),
+        192 => pack_block::<192>(b, offs, jb, je, tile_bytes, packed),
+        _ => pack_block_any(b, offs, jb, je, 4 * nr, tile_bytes, packed),
+    };
+    let full = n / nr * nr;
+    // Blocks of column tiles whose packed B fits PACK_BUDGET (L2). Where the k-groups read
+    // disjoint runs of B (1×1 convolutions, linear layers, attention), B is gathered once per
+    // block into contiguous tiles (k-group g of tile s at s·4·kg·NR + g·4·NR, zeros past the
+    // last column) that every row panel then sweeps with its weights in L1 — one sequential
+    // stream per tile instead of one scattered read per k-group, panel and tile. Where they
+    // overlap (the taps of a spatial convolution share their lines) B is read in place and
+    // only a partial last tile is packed.
+    for jb in (0..n).step_by(tiles * nr) {
+        let je = (jb + tiles * nr).min(n);
+        let ntiles = (je - jb).div_ceil(nr);
+        if pack_all {
+            pack(jb, je, packed);
+        } else if je > full {
+            pack(full, je, packed);
+        }
+        let packed: &[u8] = packed;
         for p in 0..panels {
             tile_params(p, &mut t);
-            for j0 in (jb..(jb + block).min(n)).step_by(nr) {
-                run(p, j0, &t, &mut c, tile);
+            for s in 0..ntiles {
+                let j0 = jb + s * nr;
+                let bp = if pack_all { packed[s * tile_bytes..].as_ptr() } else { packed.as_ptr() };
+                if j0 + nr <= n {
+                    let (bp, optr) = if pack_all {
+                        (bp, kern.panel_offsets.as_ptr())
+                    } else {
+                        (b[4 * j0..].as_ptr(), offs.as_ptr())
+                    };
+                    tile_at(p, j0, nr, kern.ukr, bp, optr, &t, &mut c, tile);
+                    continue;
+                }
+                // The last, partial tile (packed): narrow tiles read it at 4·w·s'.
+                let (w, ukr) = kern.narrow.map_or((nr, kern.ukr), |nw| (nw.nr, nw.ukr));
+                for s2 in 0..(n - j0).div_ceil(w) {
+                    let bp2 = bp.wrapping_add(4 * w * s2);
+                    tile_at(p, j0 + s2 * w, w, ukr, bp2, kern.panel_offsets.as_ptr(), &t, &mut c, tile);
+                }
             }
         }
     }
 }
 
-/// Bytes of `B` a column block of [`qgemm`] may span.
-const L2_BUDGET: usize = 512 << 10;
+/// Whether [`qgemm`] packs B: when no two k-groups' runs of `4n` bytes overlap (checked for the
+/// first k-group's run, which every tap of a spatial convolution shares with its neighbours).
+fn pack_policy(offs: &[usize], n: usize) -> bool {
+    let Some(&o0) = offs.first() else { return false };
+    offs.iter().filter(|&&o| o.abs_diff(o0) < 4 * n).count() <= 1
+}
+
+/// Gathers columns `jb..je` of every k-group into consecutive tiles of `T = 4·NR` bytes per
+/// k-group (`tile_bytes` per tile), zeros past `je` (fixed-size copies).
+fn pack_block<const T: usize>(b: &[u8], offs: &[usize], jb: usize, je: usize, tile_bytes: usize, packed: &mut [u8]) {
+    for (g, &o) in offs.iter().enumerate() {
+        let src = &b[o + 4 * jb..o + 4 * je];
+        let mut chunks = src.chunks_exact(T);
+        for (s, chunk) in chunks.by_ref().enumerate() {
+            let at = s * tile_bytes + g * T;
+            let dst: &mut [u8; T] = (&mut packed[at..at + T]).try_into().expect("T bytes");
+            *dst = chunk.try_into().expect("T bytes");
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let at = (src.len() / T) * tile_bytes + g * T;
+            packed[at..at + rest.len()].copy_from_slice(rest);
+            packed[at + rest.len()..at + T].fill(0);
+        }
+    }
+}
+
+/// [`pack_block`] for any tile width `t`.
+fn pack_block_any(b: &[u8], offs: &[usize], jb: usize, je: usize, t: usize, tile_bytes: usize, packed: &mut [u8]) {
+    for (g, &o) in offs.iter().enumerate() {
+        for (s, chunk) in b[o + 4 * jb..o + 4 * je].chunks(t).enumerate() {
+            let at = s * tile_bytes + g * t;
+            packed[at..at + chunk.len()].copy_from_slice(chunk);
+            packed[at + chunk.len()..at + t].fill(0);
+        }
+    }
+}
+
+/// Bytes of packed `B` per column block of [`qgemm`] (half of a 512 KB L2).
+const PACK_BUDGET: usize = 256 << 10;
 
 #[cfg(test)]
 mod tests;

@@ -31,6 +31,24 @@ fn check(
     misalign: usize,
     seed: u64,
 ) {
+    check_strided(k, m, kg, n, zp, bias, acc, misalign, seed, 4 * (n + 3));
+}
+
+/// [`check`] with k-group `g` at `misalign + g·stride`: a stride below `4n` makes the k-groups'
+/// runs overlap, as the taps of a spatial convolution do (B is then read in place).
+#[allow(clippy::too_many_arguments)]
+fn check_strided(
+    k: &crate::Kernels,
+    m: usize,
+    kg: usize,
+    n: usize,
+    zp: i32,
+    bias: bool,
+    acc: bool,
+    misalign: usize,
+    seed: u64,
+    stride: usize,
+) {
     let kern = k.qgemm();
     let mut r = Rng(seed | 1);
     let mut w: Vec<i8> = (0..m * kg * 4).map(|_| r.byte() as i8).collect();
@@ -38,8 +56,7 @@ fn check(
     if w.len() > 1 {
         w[1] = 127;
     }
-    let stride = 4 * (n + 3);
-    let mut b: Vec<u8> = (0..misalign + kg * stride).map(|_| r.byte()).collect();
+    let mut b: Vec<u8> = (0..misalign + (kg - 1) * stride + 4 * n).map(|_| r.byte()).collect();
     b[misalign] = 0;
     b[misalign + 1] = 255;
     let offs: Vec<usize> = (0..kg).map(|g| misalign + g * stride).collect();
@@ -98,6 +115,14 @@ fn every_tier_matches_the_definition_bit_for_bit() {
         }
         // A deep K: the largest |acc| of a CIFAR-10 decoder conv (K = 3456).
         check(k, mr, 864, nr, 128, true, false, 0, 99);
+        // Several packed column blocks (a block holds 256 KiB of packed B), with a partial tile.
+        check(k, mr + 2, 864, 12 * nr + 3, 3, true, true, 1, 100);
+        // Overlapping k-group runs (read in place, only the partial tile packed), one and
+        // several blocks.
+        for (n, kg, stride) in [(nr + 5, 17, 12), (3 * nr + 1, 9, 4 * nr), (12 * nr + 7, 864, 8)] {
+            seed += 1;
+            check_strided(k, mr + 1, kg, n, 200, true, true, 2, seed, stride);
+        }
     });
 }
 

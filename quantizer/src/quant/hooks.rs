@@ -44,6 +44,8 @@ pub struct QHooks<'a> {
     only: Option<&'a Only>,
     /// Corrected biases by node.
     biases: Vec<Option<Tensor>>,
+    /// One activation quantizer with these parameters instead of the model's.
+    act_override: Option<((usize, usize), super::model::ActQ)>,
 }
 
 /// A subset of the quantized model: activation quantizers by key `(node, group)` and weighted
@@ -70,6 +72,7 @@ impl<'a> QHooks<'a> {
             ints: None,
             kernels: None,
             only: None,
+            act_override: None,
             biases: q
                 .nodes
                 .iter()
@@ -117,6 +120,12 @@ impl<'a> QHooks<'a> {
         self
     }
 
+    /// Quantizer `key` uses `a` instead of the model's parameters.
+    pub fn with_act(mut self, key: (usize, usize), a: super::model::ActQ) -> Self {
+        self.act_override = Some((key, a));
+        self
+    }
+
     /// Records the outputs of the nodes in `nodes`.
     pub fn recording(mut self, nodes: &'a HashSet<usize>) -> Self {
         self.record = Some((nodes, RefCell::new(HashMap::new())));
@@ -136,6 +145,10 @@ impl<'a> QHooks<'a> {
     fn quantize(&self, ni: usize, g: usize, x: Tensor) -> Result<Tensor> {
         let Some(aq) = self.q.act(ni, g) else {
             return Ok(x);
+        };
+        let aq = match self.act_override {
+            Some((k, a)) if k == (ni, g) => a,
+            _ => aq,
         };
         if self.only.is_some_and(|o| !o.acts.contains(&(ni, g))) {
             return Ok(x);

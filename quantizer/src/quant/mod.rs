@@ -21,7 +21,9 @@ pub use recon::{IterProgress, Recon, ReconConfig, UnitReport, UnitSpec};
 
 use crate::calib::{CalibSet, Rng};
 use crate::error::{QuantError, Result};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::grid::{ActInit, LAYER_CANDIDATES};
 
 use candle_core::Tensor;
 
@@ -46,7 +48,7 @@ pub struct QuantizeConfig {
     pub chunk: usize,
     /// How activation ranges are initialised (official: the L2.4 search).
     #[serde(default)]
-    pub act_init: crate::grid::ActInit,
+    pub act_init: ActInit,
     /// Time-step-aware activation quantizers (official: one set for every step).
     #[serde(default)]
     pub step_groups: StepGrouping,
@@ -132,7 +134,7 @@ impl QuantizeConfig {
             init_samples: 256,
             init_batch: 64,
             chunk: 32,
-            act_init: crate::grid::ActInit::Mse,
+            act_init: ActInit::Mse,
             step_groups: StepGrouping::One,
             bias_correction: false,
         }
@@ -158,6 +160,9 @@ pub struct RunReport {
     pub seconds_recon: f64,
     /// Evaluation samples.
     pub eval_samples: usize,
+    /// `--act-init layer`: how many activation quantizers chose each candidate range.
+    #[serde(default)]
+    pub act_choices: BTreeMap<String, usize>,
 }
 
 /// Progress events.
@@ -261,12 +266,24 @@ fn channel_counts(net: &Net, calib: &CalibSet) -> Result<HashMap<edadm_format::g
 /// by the EMA over batches of `rows` on the weight-quantized model with every activation
 /// quantizer on (METHOD.md §2.3).
 pub fn initialise(net: &Net, calib: &CalibSet, rows: &[usize], cfg: &QuantizeConfig) -> Result<QModel> {
+    Ok(initialise_counted(net, calib, rows, cfg)?.0)
+}
+
+/// [`initialise`], with the number of quantizers that chose each candidate of
+/// `--act-init layer` (empty for the other initialisations).
+fn initialise_counted(
+    net: &Net,
+    calib: &CalibSet,
+    rows: &[usize],
+    cfg: &QuantizeConfig,
+) -> Result<(QModel, BTreeMap<String, usize>)> {
     let channels = channel_counts(net, calib)?;
     let mut q = QModel::new(net, cfg.structure, &channels)?;
-    for (k, a) in observe_acts(net, &q, calib, rows, cfg)? {
+    let (acts, counts) = observe_acts_counted(net, &q, calib, rows, cfg)?;
+    for (k, a) in acts {
         q.set_act(k.0, k.1, a);
     }
-    Ok(q)
+    Ok((q, counts))
 }
 
 /// The activation quantizers of `q` initialised on the samples `rows` (the EMA over batches on
@@ -278,6 +295,18 @@ fn observe_acts(
     rows: &[usize],
     cfg: &QuantizeConfig,
 ) -> Result<Vec<((usize, usize), ActQ)>> {
+    Ok(observe_acts_counted(net, q, calib, rows, cfg)?.0)
+}
+
+/// [`observe_acts`] with the choice counts of `--act-init layer`.
+#[allow(clippy::type_complexity)]
+fn observe_acts_counted(
+    net: &Net,
+    q: &QModel,
+    calib: &CalibSet,
+    rows: &[usize],
+    cfg: &QuantizeConfig,
+) -> Result<(Vec<((usize, usize), ActQ)>, BTreeMap<String, usize>)> {
     let weights = q.weight_tensors(net)?;
     let mut ranges = model::Ranges::new();
     for part in rows.chunks(cfg.init_batch.max(1)) {
@@ -290,6 +319,11 @@ fn observe_acts(
     if missing > 0 {
         return Err(QuantError::Invalid(format!("{missing} activation quantizers saw no data during initialisation")));
     }
+    let counts = if cfg.act_init == ActInit::Layer {
+        choose_by_layer_error(net, q, &weights, calib, rows, cfg, &mut ranges)?
+    } else {
+        BTreeMap::new()
+    };
     let mut acts: Vec<((usize, usize), ActQ)> = ranges
         .iter()
         .map(|(&(ni, g), r)| {
@@ -298,7 +332,53 @@ fn observe_acts(
         })
         .collect();
     acts.sort_by_key(|a| a.0);
-    Ok(acts)
+    Ok((acts, counts))
+}
+
+/// `--act-init layer`: every quantizer keeps the candidate range whose layer, run alone on the
+/// FP model's inputs with only this quantizer and the layer's own weights quantized, lands
+/// closest (squared error summed over `rows`) to the FP layer's output. Returns how many
+/// quantizers chose each candidate.
+fn choose_by_layer_error(
+    net: &Net,
+    q: &QModel,
+    weights: &[Option<Tensor>],
+    calib: &CalibSet,
+    rows: &[usize],
+    cfg: &QuantizeConfig,
+    ranges: &mut model::Ranges,
+) -> Result<BTreeMap<String, usize>> {
+    let mut keys: Vec<(usize, usize)> = ranges.keys().copied().collect();
+    keys.sort_unstable();
+    let mut err: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
+    for part in rows.chunks(cfg.init_batch.max(1)) {
+        let (x, t) = sample_batch(net, calib, part)?;
+        let mut env = net.inputs(x, &t)?;
+        net.run(0..net.graph.nodes.len(), &mut env, &Fp)?;
+        for &(ni, g) in &keys {
+            let Some(fp) = env[net.graph.nodes[ni].output.0 as usize].clone() else { continue };
+            let only = Only { acts: [(ni, g)].into(), weights: [ni].into() };
+            let bits = q.act(ni, g).expect("observed quantizer").bits;
+            let e = err.entry((ni, g)).or_default();
+            for (i, grid) in ranges[&(ni, g)].candidates().into_iter().enumerate() {
+                let hooks = QHooks::new(q, weights).only(&only).with_act((ni, g), ActQ::from_grid(grid, bits));
+                let y = net.node(ni, &env, &hooks)?;
+                let d = f64::from((y - &fp)?.sqr()?.sum_all()?.to_scalar::<f32>()?);
+                if e.len() <= i {
+                    e.push(0.0);
+                }
+                e[i] += if d.is_finite() { d } else { f64::INFINITY };
+            }
+        }
+    }
+    let mut counts = BTreeMap::new();
+    for (k, e) in err {
+        // Ties keep the earlier candidate (the default percentile first).
+        let best = e.iter().enumerate().fold(0, |b, (i, &v)| if v < e[b] { i } else { b });
+        ranges.get_mut(&k).expect("observed quantizer").choose(best);
+        *counts.entry(LAYER_CANDIDATES[best].name()).or_insert(0) += 1;
+    }
+    Ok(counts)
 }
 
 /// `q` with time-step-aware activation quantizers: the groups' edges from the timesteps of the
@@ -412,7 +492,9 @@ pub fn quantize(
                 let weights_only = QModel::new(net, cfg.structure, &channel_counts(net, calib)?)?;
                 with_step_groups(net, &weights_only, calib, &init_rows, cfg)?
             } else {
-                initialise(net, calib, &init_rows, cfg)?
+                let (q, counts) = initialise_counted(net, calib, &init_rows, cfg)?;
+                report.act_choices = counts;
+                q
             };
             report.seconds_init = t0.elapsed().as_secs_f64();
             if let Some(p) = ckpt {
