@@ -184,6 +184,8 @@ pub mod keys {
     pub const QUANT_FP_OUTPUT_LAYER: &str = "quant.fp_output_layer";
     /// Whether the layers reading the network input x_t kept it f32.
     pub const QUANT_FP_INPUT_LAYER: &str = "quant.fp_input_layer";
+    /// Weight rounding before reconstruction: `nearest` or `gptq`.
+    pub const QUANT_WEIGHT_ROUND: &str = "quant.weight_round";
     /// Calibration samples N.
     pub const CALIB_SAMPLES: &str = "calib.samples";
     /// Sampler of the calibration trajectories: `ddim`, `ddpm`, `plms`, `dpm-solver++`.
@@ -229,6 +231,7 @@ pub mod keys {
         (QUANT_BIAS_CORRECTION, MetaType::Bool),
         (QUANT_FP_OUTPUT_LAYER, MetaType::Bool),
         (QUANT_FP_INPUT_LAYER, MetaType::Bool),
+        (QUANT_WEIGHT_ROUND, MetaType::Str),
         (CALIB_SAMPLES, MetaType::U64),
         (CALIB_SAMPLER, MetaType::Str),
         (CALIB_STEPS, MetaType::U64),

@@ -272,6 +272,27 @@ fn exported_mnist_unet_runs_on_the_integer_runtime_like_the_fake_quant_forward()
     assert_eq!(f32_in.len(), 2, "{f32_in:?}");
     assert_eq!(f32_in[0], "encoders.0.0.residual_conv", "{f32_in:?}");
     parity(&model, &net, &q, "mnist-unet W8A8, f32 input");
+    // GPTQ rounding (transposed convolutions keep nearest rounding) and activation ranges
+    // chosen by layer-output error: other integers and ranges, the same parity.
+    let mut cfg = small_config(4, Recon::None, 0);
+    cfg.gptq = true;
+    cfg.act_init = edadm_quantizer::grid::ActInit::Layer;
+    let out = quant::quantize(&net, &synthetic_set(&model, 24, 5), &cfg, None, false, None, &mut |_| {}).unwrap();
+    let (_, nearest) = init_only(&model, 4);
+    let keys = nearest.act_keys(0..nearest.nodes.len()).len();
+    assert_eq!(out.report.act_choices.values().sum::<usize>(), keys, "{:?}", out.report.act_choices);
+    let (mut changed, mut total) = (0, 0);
+    for (a, b) in out.model.nodes.iter().zip(&nearest.nodes) {
+        if let (Some(quant::NodeQ::Weight(a)), Some(quant::NodeQ::Weight(b))) = (a, b) {
+            total += a.ints.len();
+            changed += a.ints.iter().zip(&b.ints).filter(|(x, y)| x != y).count();
+            if a.transposed {
+                assert_eq!(a.ints, b.ints, "transposed convolutions round to nearest");
+            }
+        }
+    }
+    assert!(changed * 20 > total, "GPTQ changed {changed} of {total} integer weights");
+    parity(&model, &net, &out.model, "mnist-unet W4A8, GPTQ weights, ranges chosen by layer error");
 }
 
 fn run_fbr(

@@ -90,6 +90,13 @@ pub struct QuantizeArgs {
     /// image (on by default, `false` for EDA-DM as published).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     fp_input_layer: bool,
+    /// Weight rounding before any reconstruction: to the nearest level of each channel's grid,
+    /// or GPTQ (each layer's columns rounded in turn, the error spread over the columns not
+    /// rounded yet through the inverse Hessian of the layer's FP inputs on the calibration
+    /// samples; transposed convolutions round to nearest). Reconstruction (`--recon`) learns its
+    /// own rounding from the FP weights on top of either.
+    #[arg(long, default_value = "nearest", value_parser = ["nearest", "gptq"])]
+    weight_round: String,
     /// Q-Diffusion's split of the skip convolution on decoder concatenations (official: on).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     split: bool,
@@ -261,6 +268,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         act_init,
         step_groups,
         bias_correction: a.bias_correction,
+        gptq: a.weight_round == "gptq",
     };
     let ckpt = a.checkpoint.clone().unwrap_or_else(|| {
         let mut p = a.output.clone().into_os_string();
@@ -322,6 +330,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         (keys::QUANT_BIAS_CORRECTION.into(), MetaValue::Bool(a.bias_correction)),
         (keys::QUANT_FP_OUTPUT_LAYER.into(), MetaValue::Bool(a.fp_output_layer)),
         (keys::QUANT_FP_INPUT_LAYER.into(), MetaValue::Bool(a.fp_input_layer)),
+        (keys::QUANT_WEIGHT_ROUND.into(), MetaValue::Str(a.weight_round.clone())),
         (keys::CALIB_SAMPLES.into(), MetaValue::U64(n as u64)),
         (keys::CALIB_SHA256.into(), MetaValue::Str(sha)),
     ];

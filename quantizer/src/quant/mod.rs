@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod export;
+pub mod gptq;
 pub mod hooks;
 pub mod model;
 pub mod recon;
@@ -56,6 +57,9 @@ pub struct QuantizeConfig {
     /// layer's bias absorbs `−(Ŵ − W)·E[x]`, the mean shift its rounded weights cause.
     #[serde(default)]
     pub bias_correction: bool,
+    /// GPTQ weight rounding (not in EDA-DM; [`gptq`]) instead of rounding to nearest.
+    #[serde(default)]
+    pub gptq: bool,
 }
 
 /// How the activation quantizers depend on the timestep.
@@ -137,6 +141,7 @@ impl QuantizeConfig {
             act_init: ActInit::Mse,
             step_groups: StepGrouping::One,
             bias_correction: false,
+            gptq: false,
         }
     }
 }
@@ -277,13 +282,22 @@ fn initialise_counted(
     rows: &[usize],
     cfg: &QuantizeConfig,
 ) -> Result<(QModel, BTreeMap<String, usize>)> {
-    let channels = channel_counts(net, calib)?;
-    let mut q = QModel::new(net, cfg.structure, &channels)?;
+    let mut q = weights_rounded(net, calib, rows, cfg)?;
     let (acts, counts) = observe_acts_counted(net, &q, calib, rows, cfg)?;
     for (k, a) in acts {
         q.set_act(k.0, k.1, a);
     }
     Ok((q, counts))
+}
+
+/// The quantized model with its weights rounded (nearest, or GPTQ on the samples `rows`) and
+/// placeholder activation quantizers.
+fn weights_rounded(net: &Net, calib: &CalibSet, rows: &[usize], cfg: &QuantizeConfig) -> Result<QModel> {
+    let mut q = QModel::new(net, cfg.structure, &channel_counts(net, calib)?)?;
+    if cfg.gptq {
+        gptq::round_weights(net, calib, rows, cfg.init_batch, &mut q)?;
+    }
+    Ok(q)
 }
 
 /// The activation quantizers of `q` initialised on the samples `rows` (the EMA over batches on
@@ -489,7 +503,7 @@ pub fn quantize(
             let t0 = Instant::now();
             let init = if r.method == Recon::None && cfg.step_groups != StepGrouping::One {
                 // Nothing is reconstructed: the single table would be replaced by the groups'.
-                let weights_only = QModel::new(net, cfg.structure, &channel_counts(net, calib)?)?;
+                let weights_only = weights_rounded(net, calib, &init_rows, cfg)?;
                 with_step_groups(net, &weights_only, calib, &init_rows, cfg)?
             } else {
                 let (q, counts) = initialise_counted(net, calib, &init_rows, cfg)?;
