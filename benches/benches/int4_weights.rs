@@ -168,6 +168,7 @@ mod x86 {
             ukr,
             panel_offsets: &PANEL,
             narrow: None,
+            direct_limit: 130,
         }
     }
 

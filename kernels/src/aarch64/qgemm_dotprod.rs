@@ -22,6 +22,7 @@ pub(crate) const QGEMM_DOTPROD: QgemmKernel = QgemmKernel {
     ukr: dotprod_qgemm_8x12,
     panel_offsets: &PANEL,
     narrow: None,
+    direct_limit: 130,
 };
 
 macro_rules! sdot {

@@ -22,6 +22,7 @@ pub(crate) const QGEMM_I8MM: QgemmKernel = QgemmKernel {
     ukr: i8mm_qgemm_8x8,
     panel_offsets: &PANEL,
     narrow: None,
+    direct_limit: 130,
 };
 
 /// # Safety

@@ -20,6 +20,7 @@ pub(crate) const QGEMM_NEON: QgemmKernel = QgemmKernel {
     ukr: neon_qgemm_4x8,
     panel_offsets: &PANEL,
     narrow: None,
+    direct_limit: 130,
 };
 
 /// The shared vector epilogue of the NEON kernels: `(scale·f32(acc − corr) + bias) + old`.

@@ -11,7 +11,7 @@
 use crate::Kernels;
 use crate::gemm::MatMut;
 use crate::pool::{Parallel, Serial, SharedMut, split};
-use crate::qgemm::{PackedQ, QEpilogue, qgemm, qgemm_scratch_len};
+use crate::qgemm::{GatherB, PackedQ, QEpilogue, qgemm, qgemm_gathered, qgemm_scratch_len};
 
 use super::act::Activation;
 use super::conv::ConvTransposeGeom;
@@ -113,12 +113,14 @@ impl QConv2dPlan {
         assert!(splits.first() == Some(&0) && splits.windows(2).all(|s| s[0] < s[1]) && splits.last() < Some(&cin));
         // Stride 1 reads k-groups in place over the padded grid, computing the columns between
         // rows and images too; gathering the k-groups of the real outputs costs a copy of K
-        // bytes per output instead. Measured on the CIFAR-10 layers (AVX-512 VNNI): direct wins
-        // up to 30 % extra columns (16×16 at batch 8: 25 %, 8×8 at batch 1: 22 %), gathering
-        // beyond (8×8 at batch 8: 52 %, 186 vs 140 G MAC/s).
+        // bytes per output instead (into the packed blocks, from L2). The limit is the tier's
+        // (`QgemmKernel::direct_limit`): on AVX-512 VNNI, with the gather then a separate pass,
+        // direct won up to 30 % extra columns (16×16 at batch 8: 25 %, 8×8 at batch 1: 22 %),
+        // gathering beyond (8×8 at batch 8: 52 %, 186 vs 140 G MAC/s); on AVX2 gathering into
+        // the blocks wins on every spatial layer.
         let (hp, wp) = (geom.h + pad[0] + pad[1], geom.w + pad[2] + pad[3]);
         let direct_cols = if n == 0 { 0 } else { (n - 1) * hp * wp + (oh - 1) * wp + ow };
-        let direct = stride == [1, 1] && direct_cols * 10 <= n * oh * ow * 13;
+        let direct = stride == [1, 1] && direct_cols * 100 <= n * oh * ow * k.qgemm().direct_limit;
         let n_cols = if direct { direct_cols } else { n * oh * ow };
         let groups = splits
             .iter()
@@ -184,60 +186,64 @@ impl QConv2dPlan {
     /// Scratch floats [`qconv2d_par`] needs on `threads` threads.
     pub fn scratch_len_threads(&self, k: &Kernels, threads: usize) -> usize {
         let kg = self.groups.iter().map(|g| g.offs.len()).max().unwrap_or(0);
-        let gather = if self.direct { 0 } else { kg * self.n_cols };
-        qgemm_scratch_len(k.qgemm(), kg).next_multiple_of(16) * threads.max(1) + self.geom.cout * self.n_cols + gather
+        qgemm_scratch_len(k.qgemm(), kg).next_multiple_of(16) * threads.max(1) + self.geom.cout * self.n_cols
     }
 }
 
-/// Copies k-groups `kk0..` (`(channel group, i, j)`) of every output position `(b, oy, ox)` —
-/// the word at padded `(oy·s + i, ox·s + j)` — into `out[kg − kk0][position]` (4 bytes each).
-fn gather_kgroups(
-    l: &C4,
-    data: &[u8],
-    [kh, kw]: [usize; 2],
+/// The k-groups of a convolution that is not read in place, gathered block by block straight
+/// into [`qgemm_gathered`]'s packed tiles: k-group `(channel group, i, j)` of output position
+/// `(b, oy, ox)` is the word at padded `(oy·s + i, ox·s + j)`.
+struct ConvGather<'a> {
+    l: &'a C4,
+    data: &'a [u8],
+    kernel: [usize; 2],
     stride: [usize; 2],
-    [oh, ow]: [usize; 2],
-    kk0: usize,
-    out: &mut [u8],
-) {
-    // Whole 4-byte words: as u32 when both buffers are aligned (arena buffers are), else bytes.
-    let words: Option<(&[u32], &mut [u32])> =
-        match (bytemuck::try_cast_slice(data), bytemuck::try_cast_slice_mut(&mut *out)) {
-            (Ok(d), Ok(o)) => Some((d, o)),
-            _ => None,
-        };
-    let cols = l.n * oh * ow;
-    match words {
-        Some((d, o)) => {
-            for (kk, dst) in o.chunks_exact_mut(cols).enumerate() {
-                let kk = kk + kk0;
-                let (cg, r) = (kk / (kh * kw), kk % (kh * kw));
-                let (i, j) = (r / kw, r % kw);
-                let mut p = 0;
-                for b in 0..l.n {
-                    for oy in 0..oh {
-                        let row = l.word(cg, b, oy * stride[0] + i, j) / 4;
-                        for (ox, slot) in dst[p..p + ow].iter_mut().enumerate() {
-                            *slot = d[row + ox * stride[1]];
-                        }
-                        p += ow;
+    out: [usize; 2],
+    kg: usize,
+}
+
+impl GatherB for ConvGather<'_> {
+    fn fill(&self, jb: usize, je: usize, nr: usize, block: &mut [u8]) {
+        let ([kh, kw], [s0, s1], [oh, ow]) = (self.kernel, self.stride, self.out);
+        let tile_bytes = 4 * self.kg * nr;
+        for g in 0..self.kg {
+            let (cg, r) = (g / (kh * kw), g % (kh * kw));
+            let (i, j) = (r / kw, r % kw);
+            let (mut b, rem) = (jb / (oh * ow), jb % (oh * ow));
+            let (mut oy, mut ox) = (rem / ow, rem % ow);
+            // Destination: tile `ti`, column `tp` within it.
+            let (mut ti, mut tp) = (0, 0);
+            let mut col = jb;
+            while col < je {
+                let run = (ow - ox).min(je - col);
+                let row = self.l.word(cg, b, oy * s0 + i, j);
+                let mut t = 0;
+                while t < run {
+                    let src = row + 4 * (ox + t) * s1;
+                    let dst = ti * tile_bytes + g * 4 * nr + 4 * tp;
+                    // Stride 1: the rest of the row that fits this tile is one contiguous run.
+                    let len = if s1 == 1 { (run - t).min(nr - tp) } else { 1 };
+                    if len == 1 {
+                        let w: [u8; 4] = self.data[src..src + 4].try_into().expect("a word");
+                        block[dst..dst + 4].copy_from_slice(&w);
+                    } else {
+                        block[dst..dst + 4 * len].copy_from_slice(&self.data[src..src + 4 * len]);
+                    }
+                    t += len;
+                    tp += len;
+                    if tp == nr {
+                        tp = 0;
+                        ti += 1;
                     }
                 }
-            }
-        }
-        None => {
-            for (kk, dst) in out.chunks_exact_mut(cols * 4).enumerate() {
-                let kk = kk + kk0;
-                let (cg, r) = (kk / (kh * kw), kk % (kh * kw));
-                let (i, j) = (r / kw, r % kw);
-                let mut p = 0;
-                for b in 0..l.n {
-                    for oy in 0..oh {
-                        for ox in 0..ow {
-                            let at = l.word(cg, b, oy * stride[0] + i, ox * stride[1] + j);
-                            dst[4 * p..4 * p + 4].copy_from_slice(&data[at..at + 4]);
-                            p += 1;
-                        }
+                col += run;
+                ox += run;
+                if ox == ow {
+                    ox = 0;
+                    oy += 1;
+                    if oy == oh {
+                        oy = 0;
+                        b += 1;
                     }
                 }
             }
@@ -294,8 +300,7 @@ pub fn qconv2d_par(
     let kg_max = plan.groups.iter().map(|g| g.offs.len()).max().unwrap_or(0);
     let per = qgemm_scratch_len(kern, kg_max).next_multiple_of(16);
     let (gemm_scratch, rest) = scratch.split_at_mut(per * threads);
-    let (flat, gather) = rest.split_at_mut(cout * cols);
-    let gather: &mut [u8] = bytemuck::cast_slice_mut(gather);
+    let flat = &mut rest[..cout * cols];
     for (gi, (g, inp)) in plan.groups.iter().zip(inputs).enumerate() {
         assert_eq!(inp.data.len(), g.layout.len(), "input group {gi} has the wrong layout");
         assert!(inp.scale.len() >= cout, "scale per output channel");
@@ -308,8 +313,9 @@ pub fn qconv2d_par(
         let (p0, p1) = split(panels, threads, t, 1);
         (p0, p1, (p0 * kern.mr).min(cout), (p1 * kern.mr).min(cout))
     };
-    // Group gi's product for the rows of thread t, reading its k-groups from `src`.
-    let gemm = |t: usize, gi: usize, src: &[u8]| {
+    // Group gi's product for the rows of thread t, reading its k-groups in place or gathering
+    // them into the packed blocks.
+    let gemm = |t: usize, gi: usize, gather: Option<&ConvGather<'_>>| {
         let (p0, p1, r0, r1) = rows(t);
         if r0 == r1 {
             return;
@@ -323,36 +329,34 @@ pub fn qconv2d_par(
         };
         // SAFETY: thread t alone uses its scratch part and rows r0..r1 of `flat`.
         let (sc, c) = unsafe { (gs.part(t * per, (t + 1) * per), fs.part(r0 * cols, r1 * cols)) };
-        qgemm(
-            kern,
-            g.packed.view().panels(kern, p0, p1),
-            src,
-            &g.offs,
-            cols,
-            MatMut { data: c, rs: cols, cs: 1 },
-            &ep,
-            sc,
-        );
+        let (a, c) = (g.packed.view().panels(kern, p0, p1), MatMut { data: c, rs: cols, cs: 1 });
+        match gather {
+            Some(src) => qgemm_gathered(kern, a, src, cols, c, &ep, sc),
+            None => qgemm(kern, a, inp.data, &g.offs, cols, c, &ep, sc),
+        }
     };
     if plan.direct {
         par.run(&|t| {
-            for (gi, inp) in inputs.iter().enumerate() {
-                gemm(t, gi, inp.data);
+            for gi in 0..inputs.len() {
+                gemm(t, gi, None);
             }
         });
     } else {
-        for (gi, (g, inp)) in plan.groups.iter().zip(inputs).enumerate() {
-            let kgs = g.offs.len();
-            let gsh = SharedMut::new(&mut gather[..kgs * cols * 4]);
-            par.run(&|t| {
-                let (a, b) = split(kgs, threads, t, 1);
-                // SAFETY: k-group ranges are disjoint between threads.
-                let dst = unsafe { gsh.part(a * cols * 4, b * cols * 4) };
-                gather_kgroups(&g.layout, inp.data, [kh, kw], stride, [oh, ow], a, dst);
-            });
-            let src: &[u8] = &gather[..kgs * cols * 4];
-            par.run(&|t| gemm(t, gi, src));
-        }
+        // Every thread gathers the blocks of its own product (a copy of K bytes per column,
+        // from L2 into L2) instead of one shared pass writing the whole K × columns matrix.
+        par.run(&|t| {
+            for (gi, (g, inp)) in plan.groups.iter().zip(inputs).enumerate() {
+                let src = ConvGather {
+                    l: &g.layout,
+                    data: inp.data,
+                    kernel: [kh, kw],
+                    stride,
+                    out: [oh, ow],
+                    kg: g.offs.len(),
+                };
+                gemm(t, gi, Some(&src));
+            }
+        });
     }
     // Compact the flat columns into [N][cout][oh][ow], or requantize them.
     let flat: &[f32] = &rest[..cout * cols];
@@ -773,6 +777,8 @@ mod tests {
             case(k, g(1, 10, 10, 7, 7, 2, 2, [0, 0, 0, 0]), &[0], 5); // mnist 2×2 stride 2
             case(k, g(1, 3, 33, 5, 40, 3, 1, [2, 0, 1, 3]), &[0], 6); // asymmetric padding, wide rows
             case(k, g(2, 1, 4, 28, 28, 3, 1, [1, 1, 1, 1]), &[0], 7); // one input channel
+            // Gathered into several packed column blocks (1152 columns), two input groups.
+            case(k, g(2, 64, 8, 48, 48, 3, 2, [0, 1, 0, 1]), &[0, 24], 8);
         });
     }
 }

@@ -85,6 +85,11 @@ pub struct QgemmKernel {
     /// `NR` panel (wide tiles would compute up to `NR − 1` wasted columns: a 4×4 image at
     /// batch 1 fills a third of a 48-wide tile).
     pub narrow: Option<Narrow>,
+    /// A stride-1 convolution reads its k-groups in place (computing the padded grid's extra
+    /// columns between rows and images) while those are at most this many per 100 output
+    /// columns, and gathers them into the packed blocks beyond: 100 gathers every spatial
+    /// convolution. Measured per tier (kernels/README.md).
+    pub direct_limit: usize,
 }
 
 /// A microkernel of `nr` columns sharing its parent's `MR` and `A` format.
@@ -320,10 +325,58 @@ pub fn qgemm(
     ep: &QEpilogue<'_>,
     scratch: &mut [f32],
 ) {
+    assert_eq!(offs.len(), a.kg, "one offset per k-group");
+    if a.m > 0 && n > 0 {
+        assert!(offs.iter().all(|&o| o + 4 * n <= b.len()), "a k-group of B runs past its buffer");
+    }
+    qgemm_from(kern, a, Src::Offsets(b, offs), n, c, ep, scratch);
+}
+
+/// Fills columns `jb..je` of every k-group of a [`qgemm_gathered`] product into a packed block:
+/// the 4 bytes of column `j`, k-group `g` go to
+/// `block[((j − jb) / NR)·tile_bytes + g·4·NR + 4·((j − jb) % NR)]` (`tile_bytes = 4·kg·NR`).
+/// Bytes of a partial last tile past `je` may be left as they are (their columns are computed
+/// and dropped).
+pub trait GatherB: Sync {
+    /// Writes columns `jb..je` of every k-group into `block` (`nr` = the kernel's NR).
+    fn fill(&self, jb: usize, je: usize, nr: usize, block: &mut [u8]);
+}
+
+/// [`qgemm`] with B gathered by `src` straight into the packed column blocks (an implicit
+/// im2col that never materialises the whole gathered matrix); `a.kg` k-groups.
+pub fn qgemm_gathered(
+    kern: &QgemmKernel,
+    a: PackedQRef<'_>,
+    src: &dyn GatherB,
+    n: usize,
+    c: crate::gemm::MatMut<'_>,
+    ep: &QEpilogue<'_>,
+    scratch: &mut [f32],
+) {
+    qgemm_from(kern, a, Src::Gather(src), n, c, ep, scratch);
+}
+
+/// Where a product reads B.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    /// k-group `g` of column `j` at `b[offs[g] + 4j ..]`.
+    Offsets(&'a [u8], &'a [usize]),
+    /// Gathered into the packed blocks.
+    Gather(&'a dyn GatherB),
+}
+
+fn qgemm_from(
+    kern: &QgemmKernel,
+    a: PackedQRef<'_>,
+    src: Src<'_>,
+    n: usize,
+    c: crate::gemm::MatMut<'_>,
+    ep: &QEpilogue<'_>,
+    scratch: &mut [f32],
+) {
     let (m, kg, mr, nr) = (a.m, a.kg, kern.mr, kern.nr);
     assert_eq!(a.data.len(), packed_q_len(kern, m, kg), "weights packed for another kernel");
     assert!(a.sums.len() >= m, "row sums");
-    assert_eq!(offs.len(), kg, "one offset per k-group");
     assert!(kg <= MAX_KG, "K of {} exceeds the supported {}", 4 * kg, 4 * MAX_KG);
     assert_eq!(c.cs, 1, "qgemm writes row-major C");
     assert!(ep.scale.is_none_or(|s| s.len() >= m) && ep.bias.is_none_or(|b| b.len() >= m), "epilogue shorter than m");
@@ -331,7 +384,6 @@ pub fn qgemm(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(offs.iter().all(|&o| o + 4 * n <= b.len()), "a k-group of B runs past its buffer");
     assert!((m - 1) * c.rs + n <= c.data.len(), "C view out of bounds");
     let tiles = pack_tiles(kern, kg);
     let (packed, tile) = scratch.split_at_mut((tiles * kg * nr * 4).div_ceil(4));
@@ -385,13 +437,19 @@ pub fn qgemm(
     let mut c = c;
     let panels = m.div_ceil(mr);
     let tile_bytes = kg * 4 * nr;
-    let pack_all = pack_policy(offs, n);
-    let pack = |jb: usize, je: usize, packed: &mut [u8]| match 4 * nr {
-        32 => pack_block::<32>(b, offs, jb, je, tile_bytes, packed),
-        48 => pack_block::<48>(b, offs, jb, je, tile_bytes, packed),
-        96 => pack_block::<96>(b, offs, jb, je, tile_bytes, packed),
-        192 => pack_block::<192>(b, offs, jb, je, tile_bytes, packed),
-        _ => pack_block_any(b, offs, jb, je, 4 * nr, tile_bytes, packed),
+    let pack_all = match src {
+        Src::Offsets(_, offs) => pack_policy(offs, n),
+        Src::Gather(_) => true,
+    };
+    let pack = |jb: usize, je: usize, packed: &mut [u8]| match src {
+        Src::Gather(g) => g.fill(jb, je, nr, &mut packed[..(je - jb).div_ceil(nr) * tile_bytes]),
+        Src::Offsets(b, offs) => match 4 * nr {
+            32 => pack_block::<32>(b, offs, jb, je, tile_bytes, packed),
+            48 => pack_block::<48>(b, offs, jb, je, tile_bytes, packed),
+            96 => pack_block::<96>(b, offs, jb, je, tile_bytes, packed),
+            192 => pack_block::<192>(b, offs, jb, je, tile_bytes, packed),
+            _ => pack_block_any(b, offs, jb, je, 4 * nr, tile_bytes, packed),
+        },
     };
     let full = n / nr * nr;
     // Blocks of column tiles whose packed B fits PACK_BUDGET (L2). Where the k-groups read
@@ -416,10 +474,9 @@ pub fn qgemm(
                 let j0 = jb + s * nr;
                 let bp = if pack_all { packed[s * tile_bytes..].as_ptr() } else { packed.as_ptr() };
                 if j0 + nr <= n {
-                    let (bp, optr) = if pack_all {
-                        (bp, kern.panel_offsets.as_ptr())
-                    } else {
-                        (b[4 * j0..].as_ptr(), offs.as_ptr())
+                    let (bp, optr) = match src {
+                        Src::Offsets(b, offs) if !pack_all => (b[4 * j0..].as_ptr(), offs.as_ptr()),
+                        _ => (bp, kern.panel_offsets.as_ptr()),
                     };
                     tile_at(p, j0, nr, kern.ukr, bp, optr, &t, &mut c, tile);
                     continue;

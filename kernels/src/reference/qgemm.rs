@@ -16,6 +16,7 @@ pub const QGEMM_REF: QgemmKernel = QgemmKernel {
     ukr: ref_qgemm_4x8,
     panel_offsets: &PANEL,
     narrow: None,
+    direct_limit: 130,
 };
 
 /// The epilogue of one output: `(scale·f32(acc − corr) + bias) + old`, in this order, no fused

@@ -19,6 +19,7 @@ pub(crate) const QGEMM_AVX512VNNI: QgemmKernel = QgemmKernel {
     ukr: avx512vnni_qgemm::<3>,
     panel_offsets: &PANEL,
     narrow: Some(Narrow { nr: 16, ukr: avx512vnni_qgemm::<1> }),
+    direct_limit: 130,
 };
 
 /// # Safety

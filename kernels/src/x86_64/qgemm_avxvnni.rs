@@ -18,6 +18,7 @@ pub(crate) const QGEMM_AVXVNNI: QgemmKernel = QgemmKernel {
     ukr: avxvnni_qgemm_4x24,
     panel_offsets: &PANEL,
     narrow: None,
+    direct_limit: 130,
 };
 
 /// # Safety
