@@ -116,8 +116,8 @@ impl QConv2dPlan {
         // bytes per output instead (into the packed blocks, from L2). The limit is the tier's
         // (`QgemmKernel::direct_limit`): on AVX-512 VNNI, with the gather then a separate pass,
         // direct won up to 30 % extra columns (16×16 at batch 8: 25 %, 8×8 at batch 1: 22 %),
-        // gathering beyond (8×8 at batch 8: 52 %, 186 vs 140 G MAC/s); on AVX2 gathering into
-        // the blocks wins on every spatial layer.
+        // gathering beyond (8×8 at batch 8: 52 %, 186 vs 140 G MAC/s); on AVX2, gathering into
+        // the blocks wins from 15 % extra columns on.
         let (hp, wp) = (geom.h + pad[0] + pad[1], geom.w + pad[2] + pad[3]);
         let direct_cols = if n == 0 { 0 } else { (n - 1) * hp * wp + (oh - 1) * wp + ow };
         let direct = stride == [1, 1] && direct_cols * 100 <= n * oh * ow * k.qgemm().direct_limit;

@@ -438,7 +438,7 @@ fn qgemm_from(
     let panels = m.div_ceil(mr);
     let tile_bytes = kg * 4 * nr;
     let pack_all = match src {
-        Src::Offsets(_, offs) => pack_policy(offs, n),
+        Src::Offsets(_, offs) => panels >= PACK_MIN_PANELS && pack_policy(offs, n),
         Src::Gather(_) => true,
     };
     let pack = |jb: usize, je: usize, packed: &mut [u8]| match src {
@@ -529,6 +529,11 @@ fn pack_block_any(b: &[u8], offs: &[usize], jb: usize, je: usize, t: usize, tile
         }
     }
 }
+
+/// Row panels a product needs before packing B pays for its copy (fewer panels sweep each
+/// packed block too few times: fmnist-ddpm's 32- and 64-channel layers, split over 2 threads,
+/// measured slower packed).
+const PACK_MIN_PANELS: usize = 8;
 
 /// Bytes of packed `B` per column block of [`qgemm`] (half of a 512 KB L2).
 const PACK_BUDGET: usize = 256 << 10;

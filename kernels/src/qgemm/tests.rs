@@ -115,8 +115,10 @@ fn every_tier_matches_the_definition_bit_for_bit() {
         }
         // A deep K: the largest |acc| of a CIFAR-10 decoder conv (K = 3456).
         check(k, mr, 864, nr, 128, true, false, 0, 99);
-        // Several packed column blocks (a block holds 256 KiB of packed B), with a partial tile.
-        check(k, mr + 2, 864, 12 * nr + 3, 3, true, true, 1, 100);
+        // Packed B (at least 8 row panels): several column blocks (a block holds 256 KiB of
+        // packed B) with a partial tile, and one block.
+        check(k, 8 * mr + 2, 864, 12 * nr + 3, 3, true, true, 1, 100);
+        check(k, 8 * mr + 1, 299, 2 * nr + 5, 255, false, true, 3, 101);
         // Overlapping k-group runs (read in place, only the partial tile packed), one and
         // several blocks.
         for (n, kg, stride) in [(nr + 5, 17, 12), (3 * nr + 1, 9, 4 * nr), (12 * nr + 7, 864, 8)] {

@@ -22,8 +22,10 @@ pub(crate) const QGEMM_AVX2: QgemmKernel = QgemmKernel {
     panel_offsets: &PANEL,
     narrow: None,
     // Gathering into the packed blocks measured as fast as the in-place read at 32×32 (12 %
-    // extra columns) and 8–35 % faster on the 16×16 and 8×8 layers (kernels/README.md).
-    direct_limit: 100,
+    // extra columns) on one thread and 8–35 % faster on the 16×16 (batch 8: 25 %) and 8×8
+    // layers (kernels/README.md); on 2 threads each thread gathers its own blocks, so where it
+    // only ties the in-place read stays.
+    direct_limit: 115,
 };
 
 /// # Safety
