@@ -443,13 +443,7 @@ fn qgemm_from(
     };
     let pack = |jb: usize, je: usize, packed: &mut [u8]| match src {
         Src::Gather(g) => g.fill(jb, je, nr, &mut packed[..(je - jb).div_ceil(nr) * tile_bytes]),
-        Src::Offsets(b, offs) => match 4 * nr {
-            32 => pack_block::<32>(b, offs, jb, je, tile_bytes, packed),
-            48 => pack_block::<48>(b, offs, jb, je, tile_bytes, packed),
-            96 => pack_block::<96>(b, offs, jb, je, tile_bytes, packed),
-            192 => pack_block::<192>(b, offs, jb, je, tile_bytes, packed),
-            _ => pack_block_any(b, offs, jb, je, 4 * nr, tile_bytes, packed),
-        },
+        Src::Offsets(b, offs) => pack_block(b, offs, jb, je, 4 * nr, tile_bytes, packed),
     };
     let full = n / nr * nr;
     // Blocks of column tiles whose packed B fits PACK_BUDGET (L2). Where the k-groups read
@@ -499,28 +493,9 @@ fn pack_policy(offs: &[usize], n: usize) -> bool {
     offs.iter().filter(|&&o| o.abs_diff(o0) < 4 * n).count() <= 1
 }
 
-/// Gathers columns `jb..je` of every k-group into consecutive tiles of `T = 4·NR` bytes per
-/// k-group (`tile_bytes` per tile), zeros past `je` (fixed-size copies).
-fn pack_block<const T: usize>(b: &[u8], offs: &[usize], jb: usize, je: usize, tile_bytes: usize, packed: &mut [u8]) {
-    for (g, &o) in offs.iter().enumerate() {
-        let src = &b[o + 4 * jb..o + 4 * je];
-        let mut chunks = src.chunks_exact(T);
-        for (s, chunk) in chunks.by_ref().enumerate() {
-            let at = s * tile_bytes + g * T;
-            let dst: &mut [u8; T] = (&mut packed[at..at + T]).try_into().expect("T bytes");
-            *dst = chunk.try_into().expect("T bytes");
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let at = (src.len() / T) * tile_bytes + g * T;
-            packed[at..at + rest.len()].copy_from_slice(rest);
-            packed[at + rest.len()..at + T].fill(0);
-        }
-    }
-}
-
-/// [`pack_block`] for any tile width `t`.
-fn pack_block_any(b: &[u8], offs: &[usize], jb: usize, je: usize, t: usize, tile_bytes: usize, packed: &mut [u8]) {
+/// Copies columns `jb..je` of every k-group (at `b[offs[g] + 4j ..]`) into consecutive tiles of
+/// `t = 4·NR` bytes per k-group (`tile_bytes` per tile), zeros past `je`.
+fn pack_block(b: &[u8], offs: &[usize], jb: usize, je: usize, t: usize, tile_bytes: usize, packed: &mut [u8]) {
     for (g, &o) in offs.iter().enumerate() {
         for (s, chunk) in b[o + 4 * jb..o + 4 * je].chunks(t).enumerate() {
             let at = s * tile_bytes + g * t;

@@ -219,21 +219,7 @@ fn gptq(w: &mut [f32], m: usize, k: usize, mut h: Vec<f64>, grids: &[crate::grid
 /// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = Uᵀ·U`) of a symmetric `k × k` matrix, row
 /// major; `None` when `H` is not positive definite.
 fn inverse_upper_cholesky(h: &[f64], k: usize) -> Option<Vec<f64>> {
-    // H = L·Lᵀ.
-    let mut l = vec![0f64; k * k];
-    for i in 0..k {
-        for j in 0..=i {
-            let s: f64 = h[i * k + j] - (0..j).map(|p| l[i * k + p] * l[j * k + p]).sum::<f64>();
-            if i == j {
-                if s <= 0.0 || !s.is_finite() {
-                    return None;
-                }
-                l[i * k + i] = s.sqrt();
-            } else {
-                l[i * k + j] = s / l[j * k + j];
-            }
-        }
-    }
+    let l = cholesky(h, k)?;
     // L⁻¹ (lower triangular), then H⁻¹ = L⁻ᵀ·L⁻¹.
     let mut li = vec![0f64; k * k];
     for i in 0..k {
@@ -253,20 +239,7 @@ fn inverse_upper_cholesky(h: &[f64], k: usize) -> Option<Vec<f64>> {
         }
     }
     // H⁻¹ = Uᵀ·U with U upper: U = (chol_lower(H⁻¹))ᵀ.
-    let mut c = vec![0f64; k * k];
-    for i in 0..k {
-        for j in 0..=i {
-            let s: f64 = inv[i * k + j] - (0..j).map(|p| c[i * k + p] * c[j * k + p]).sum::<f64>();
-            if i == j {
-                if s <= 0.0 || !s.is_finite() {
-                    return None;
-                }
-                c[i * k + i] = s.sqrt();
-            } else {
-                c[i * k + j] = s / c[j * k + j];
-            }
-        }
-    }
+    let c = cholesky(&inv, k)?;
     let mut u = vec![0f64; k * k];
     for i in 0..k {
         for j in 0..=i {
@@ -274,6 +247,26 @@ fn inverse_upper_cholesky(h: &[f64], k: usize) -> Option<Vec<f64>> {
         }
     }
     Some(u)
+}
+
+/// The lower Cholesky factor `L` of a symmetric `k × k` matrix (`A = L·Lᵀ`), row major; `None`
+/// when `A` is not positive definite.
+fn cholesky(a: &[f64], k: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0f64; k * k];
+    for i in 0..k {
+        for j in 0..=i {
+            let s: f64 = a[i * k + j] - (0..j).map(|p| l[i * k + p] * l[j * k + p]).sum::<f64>();
+            if i == j {
+                if s <= 0.0 || !s.is_finite() {
+                    return None;
+                }
+                l[i * k + i] = s.sqrt();
+            } else {
+                l[i * k + j] = s / l[j * k + j];
+            }
+        }
+    }
+    Some(l)
 }
 
 #[cfg(test)]
