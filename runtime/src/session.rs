@@ -5,12 +5,12 @@ use edadm_format::graph::{InputKindTag, ValueId};
 use edadm_kernels::gemm::{BSrc, MatMut, MatRef, sgemm};
 use edadm_kernels::ops::act::Activation;
 use edadm_kernels::ops::attention::attention_spatial_par;
-use edadm_kernels::ops::qconv::{self, QInput, QOutput};
+use edadm_kernels::ops::qconv::{self, Addend, QInput, QOutput};
 use edadm_kernels::ops::{conv, elementwise as ew, norm, qattention, quant};
 use edadm_kernels::pool::{self, Parallel, Pool, SharedMut};
 use edadm_kernels::{AlignedF32, Kernels, Tier};
 
-use crate::arena::split;
+use crate::arena::{Reader, split};
 use crate::error::{Result, RuntimeError};
 use crate::model::Model;
 use crate::plan::{Plan, PlanRequest, Slot, Step};
@@ -363,9 +363,11 @@ impl<'m> Session<'m> {
                 ew::binary_par(k, *op, r.get(s(*a)), r.get(s(*b)), *n, *c, *inner, y, pool)
             }
             Step::Concat { parts, total, outer, .. } => {
-                for &(v, inner, off) in parts {
-                    ew::concat_part(r.get(s(v)), inner, off, *total, *outer, y);
-                }
+                let part = |i: usize| {
+                    let (v, inner, off) = parts[i];
+                    (r.get(s(v)), inner, off)
+                };
+                ew::concat_par(parts.len(), &part, *total, *outer, y, pool)
             }
             Step::Pad { x, planes, h, w, pad, value, .. } => ew::pad(r.get(s(*x)), *planes, *h, *w, *pad, *value, y),
             Step::Upsample { x, planes, h, w, s: f, .. } => ew::upsample_nearest(r.get(s(*x)), *planes, *h, *w, *f, y),
@@ -390,14 +392,14 @@ impl<'m> Session<'m> {
             Step::Attention { q, k: kk, v, shape, .. } => {
                 attention_spatial_par(k, shape, r.get(s(*q)), r.get(s(*kk)), r.get(s(*v)), y, scratch, pool)
             }
-            Step::QConv { x, pre: true, plan, groups, bias, .. } => {
+            Step::QConv { x, pre: true, plan, groups, bias, add, .. } => {
                 let g = &groups[0];
                 let bytes: &[u8] = bytemuck::cast_slice(r.get(s(*x)));
                 let qin =
                     [QInput { data: &bytes[..g.layout.len()], zero_point: g.q[sg].zero_point, scale: &g.scale[sg] }];
-                qconv::qconv2d_par(k, plan, &qin, bias.as_deref(), QOutput::F32(y), scratch, pool)
+                qconv::qconv2d_par(k, plan, &qin, bias.as_deref(), conv_out(y, *add, &r, slots), scratch, pool)
             }
-            Step::QConv { x, cin, plan, groups, bias, .. } => {
+            Step::QConv { x, cin, plan, groups, bias, add, upsample, .. } => {
                 let xs = r.get(s(*x));
                 let bytes: usize = groups.iter().map(|g| g.layout.len().div_ceil(4)).sum();
                 let (qbuf, scratch) = scratch.split_at_mut(bytes);
@@ -408,10 +410,22 @@ impl<'m> Session<'m> {
                     let (mine, rest) = std::mem::take(&mut qbytes).split_at_mut(g.layout.len().div_ceil(4) * 4);
                     qbytes = rest;
                     let mine = &mut mine[..g.layout.len()];
-                    quant::quantize_c4_par(k, xs, *cin, g.ch0, Activation::None, g.q[sg], &g.layout, mine, pool);
+                    if *upsample > 1 {
+                        quant::quantize_c4_upsampled_par(k, xs, *cin, g.ch0, *upsample, g.q[sg], &g.layout, mine, pool);
+                    } else {
+                        quant::quantize_c4_par(k, xs, *cin, g.ch0, Activation::None, g.q[sg], &g.layout, mine, pool);
+                    }
                     qin[gi] = QInput { data: mine, zero_point: g.q[sg].zero_point, scale: &g.scale[sg] };
                 }
-                qconv::qconv2d_par(k, plan, &qin[..groups.len()], bias.as_deref(), QOutput::F32(y), scratch, pool)
+                qconv::qconv2d_par(
+                    k,
+                    plan,
+                    &qin[..groups.len()],
+                    bias.as_deref(),
+                    conv_out(y, *add, &r, slots),
+                    scratch,
+                    pool,
+                )
             }
             Step::QConvT { x, plan, q, scale, bias } => {
                 let layout = *plan.input_layout();
@@ -426,5 +440,14 @@ impl<'m> Session<'m> {
             }
         }
         Ok(())
+    }
+}
+
+/// An integer conv's output, with the value fused into it (`plan::fuse_conv_add`) added.
+fn conv_out<'a>(y: &'a mut [f32], add: Option<(u32, bool)>, r: &Reader<'a>, slots: &[Slot]) -> QOutput<'a> {
+    match add {
+        None => QOutput::F32(y),
+        Some((v, true)) => QOutput::F32Add(y, Addend::Full(r.get(slots[v as usize]))),
+        Some((v, false)) => QOutput::F32Add(y, Addend::PerChannel(r.get(slots[v as usize]))),
     }
 }

@@ -77,6 +77,45 @@ pub fn concat_part(x: &[f32], inner: usize, offset: usize, total: usize, outer: 
     }
 }
 
+/// A whole concatenation on the threads of `par`, each thread writing one contiguous range of
+/// `y` (so a single block is split too): `part(i)` is input `i`'s `(x, inner, offset)` as for
+/// [`concat_part`].
+pub fn concat_par<'a>(
+    parts: usize,
+    part: &(dyn Fn(usize) -> (&'a [f32], usize, usize) + Sync),
+    total: usize,
+    outer: usize,
+    y: &mut [f32],
+    par: &dyn crate::pool::Parallel,
+) {
+    assert_eq!(y.len(), outer * total, "concat shapes");
+    for i in 0..parts {
+        let (x, inner, offset) = part(i);
+        assert!(x.len() == outer * inner && offset + inner <= total, "concat shapes");
+    }
+    let threads = par.threads();
+    let ys = crate::pool::SharedMut::new(y);
+    par.run(&|t| {
+        let (e0, e1) = crate::pool::split(outer * total, threads, t, 16);
+        if e0 == e1 {
+            return;
+        }
+        // SAFETY: element ranges are disjoint between threads.
+        let dst = unsafe { ys.part(e0, e1) };
+        for o in e0 / total..e1.div_ceil(total) {
+            for i in 0..parts {
+                let (x, inner, offset) = part(i);
+                // The part's run in block o, clipped to this thread's range.
+                let (a, b) = ((o * total + offset).max(e0), (o * total + offset + inner).min(e1));
+                if a < b {
+                    let src = o * inner + (a - o * total - offset);
+                    dst[a - e0..b - e0].copy_from_slice(&x[src..src + (b - a)]);
+                }
+            }
+        }
+    });
+}
+
 /// Constant padding of `planes` planes `[h, w]`: `pad = [top, bottom, left, right]`.
 pub fn pad(x: &[f32], planes: usize, h: usize, w: usize, pad: [usize; 4], value: f32, y: &mut [f32]) {
     let (oh, ow) = (h + pad[0] + pad[1], w + pad[2] + pad[3]);
@@ -168,6 +207,36 @@ pub fn timestep_sinusoid(
         }
         if dim % 2 == 1 {
             row[dim - 1] = 0.0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::data;
+
+    #[test]
+    fn parallel_concat_writes_what_the_parts_write() {
+        let pools: Vec<crate::pool::Pool> = [2, 3].iter().map(|&t| crate::pool::Pool::new(t).unwrap()).collect();
+        // (outer, inner of each part): one block split between threads, several blocks, odd sizes.
+        for (outer, inners) in [(1usize, vec![37usize, 5, 64]), (3, vec![16, 16]), (5, vec![1, 7]), (2, vec![40])] {
+            let total: usize = inners.iter().sum();
+            let xs: Vec<Vec<f32>> = inners.iter().enumerate().map(|(i, &n)| data(outer * n, i as u64)).collect();
+            let offs: Vec<usize> = inners.iter().scan(0, |o, &n| Some(std::mem::replace(o, *o + n))).collect();
+            let mut want = vec![f32::NAN; outer * total];
+            for ((x, &inner), &off) in xs.iter().zip(&inners).zip(&offs) {
+                concat_part(x, inner, off, total, outer, &mut want);
+            }
+            let part = |i: usize| (&xs[i][..], inners[i], offs[i]);
+            let mut got = vec![f32::NAN; want.len()];
+            concat_par(inners.len(), &part, total, outer, &mut got, &crate::pool::Serial);
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "serial {outer} {inners:?}");
+            for pool in &pools {
+                got.fill(f32::NAN);
+                concat_par(inners.len(), &part, total, outer, &mut got, pool);
+                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "threads {outer} {inners:?}");
+            }
         }
     }
 }

@@ -15,7 +15,7 @@
 
 use crate::Kernels;
 use crate::gemm::MatMut;
-use crate::qgemm::{PackedQRef, QEpilogue, pack_q_into, packed_q_len, qgemm, qgemm_scratch_len};
+use crate::qgemm::{PackedQRef, QEpilogue, pack_q_u8, packed_q_len, qgemm, qgemm_scratch_len};
 
 use super::act::exp;
 use super::quant::{ActQ, quantize};
@@ -236,6 +236,16 @@ fn head_generic(
     }
     let zk8 = u32::from(a.k.zero_point);
     for g in 0..dg {
+        if 4 * g + 4 <= d {
+            let rows = &qrows[4 * g * l..(4 * g + 4) * l];
+            let (r0, rest) = rows.split_at(l);
+            let (r1, rest) = rest.split_at(l);
+            let (r2, r3) = rest.split_at(l);
+            for ((((w, &a), &b), &c), &e) in kbuf[g * l..(g + 1) * l].iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
+                *w = u32::from_le_bytes([a, b, c, e]);
+            }
+            continue;
+        }
         let row = |t: usize| (4 * g + t < d).then(|| &qrows[(4 * g + t) * l..(4 * g + t + 1) * l]);
         let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
         for (j, w) in kbuf[g * l..(g + 1) * l].iter_mut().enumerate() {
@@ -251,19 +261,14 @@ fn head_generic(
     for t in 0..tiles {
         let j0 = t * tk;
         let dst = &mut vpack[t * va_len.div_ceil(4) * 4..][..va_len];
-        let at = |c: usize, kk: usize| {
-            let j = j0 + kk;
-            if j < l { (i32::from(vrows[c * l + j]) - 128) as i8 } else { 0 }
-        };
-        pack_q_into(kern, d, tk / 4, at, dst, &mut vsums[t * d..(t + 1) * d]);
+        pack_q_u8(kern, d, tk / 4, &vrows[j0..], l, 1, (l - j0).min(tk), dst, &mut vsums[t * d..(t + 1) * d]);
     }
     let (pzp, pq) = (f32::from(a.p.zero_point), a.p.qmax());
     let pfill = u32::from_ne_bytes([a.p.zero_point; 4]);
     for i0 in (t0 * TQ..(t1 * TQ).min(l)).step_by(TQ) {
         let tq = (l - i0).min(TQ);
         // q − 128 packed: rows = queries, K = channels.
-        let at = |r: usize, c: usize| if c < d { (i32::from(qrows[c * l + i0 + r]) - 128) as i8 } else { 0 };
-        pack_q_into(kern, tq, dg, at, &mut qpack[..packed_q_len(kern, tq, dg)], qsums);
+        pack_q_u8(kern, tq, dg, &qrows[i0..], 1, l, d, &mut qpack[..packed_q_len(kern, tq, dg)], qsums);
         let qref = PackedQRef { data: &qpack[..packed_q_len(kern, tq, dg)], sums: qsums, m: tq, kg: dg };
         // Logits of keys j0..j0+tkc into `scores` (row stride tk).
         let logits = |j0: usize, tkc: usize, scores: &mut [f32], gs: &mut [f32]| {

@@ -25,6 +25,10 @@ pub use transpose::{QConvTranspose2dPlan, qconv_transpose2d};
 pub enum QOutput<'a> {
     /// f32 `[N][cout][oh][ow]`.
     F32(&'a mut [f32]),
+    /// f32 `[N][cout][oh][ow]` plus `add`, added in the pass that writes the output (a residual
+    /// connection or a per-image channel offset fused into the convolution): the same f32 sums
+    /// as [`QOutput::F32`] followed by a separate addition.
+    F32Add(&'a mut [f32], Addend<'a>),
     /// Requantized straight into the next node's input: `act`, then `q`, into `layout`
     /// (`c = cout`, `n = N`, `h = oh`, `w = ow`, any padding; `data` is `layout.len()` bytes).
     U8 {
@@ -39,11 +43,27 @@ pub enum QOutput<'a> {
     },
 }
 
+/// What [`QOutput::F32Add`] adds to the convolution's output.
+#[derive(Clone, Copy, Debug)]
+pub enum Addend<'a> {
+    /// A tensor of the output's shape, element by element.
+    Full(&'a [f32]),
+    /// One value per image and output channel (`[N][cout]`), over all positions.
+    PerChannel(&'a [f32]),
+}
+
 impl QOutput<'_> {
     /// Checks the output against `[n, c, oh, ow]`.
     fn check(&self, n: usize, c: usize, oh: usize, ow: usize) {
         match self {
             QOutput::F32(y) => assert!(y.len() >= n * c * oh * ow, "integer convolution output too short"),
+            QOutput::F32Add(y, add) => {
+                assert!(y.len() >= n * c * oh * ow, "integer convolution output too short");
+                match add {
+                    Addend::Full(a) => assert!(a.len() >= n * c * oh * ow, "added tensor too short"),
+                    Addend::PerChannel(a) => assert!(a.len() >= n * c, "added channel values too short"),
+                }
+            }
             QOutput::U8 { data, layout, .. } => {
                 assert!(
                     layout.c == c && layout.n == n && layout.h == oh && layout.w == ow,
@@ -365,23 +385,40 @@ pub fn qconv2d_par(
     let flat: &[f32] = &rest[..cout * cols];
     let l = &plan.groups[0].layout;
     let (img, row) = if plan.direct { (l.hp() * l.wp(), l.wp()) } else { (oh * ow, ow) };
-    match out {
-        QOutput::F32(y) => {
-            let ys = SharedMut::new(y);
-            par.run(&|t| {
-                let (_, _, c0, c1) = rows(t);
-                for b in 0..n {
-                    // SAFETY: channel ranges are disjoint between threads.
-                    let yb = unsafe { ys.part((b * cout + c0) * oh * ow, (b * cout + c1) * oh * ow) };
-                    for c in c0..c1 {
-                        for oy in 0..oh {
-                            yb[((c - c0) * oh + oy) * ow..][..ow]
-                                .copy_from_slice(&flat[c * cols + b * img + oy * row..][..ow]);
+    let compact = |y: &mut [f32], add: Option<Addend<'_>>| {
+        let ys = SharedMut::new(y);
+        par.run(&|t| {
+            let (_, _, c0, c1) = rows(t);
+            for b in 0..n {
+                // SAFETY: channel ranges are disjoint between threads.
+                let yb = unsafe { ys.part((b * cout + c0) * oh * ow, (b * cout + c1) * oh * ow) };
+                for c in c0..c1 {
+                    for oy in 0..oh {
+                        let dst = &mut yb[((c - c0) * oh + oy) * ow..][..ow];
+                        let src = &flat[c * cols + b * img + oy * row..][..ow];
+                        match add {
+                            None => dst.copy_from_slice(src),
+                            Some(Addend::Full(a)) => {
+                                let a = &a[((b * cout + c) * oh + oy) * ow..][..ow];
+                                for ((d, &x), &z) in dst.iter_mut().zip(src).zip(a) {
+                                    *d = x + z;
+                                }
+                            }
+                            Some(Addend::PerChannel(a)) => {
+                                let z = a[b * cout + c];
+                                for (d, &x) in dst.iter_mut().zip(src) {
+                                    *d = x + z;
+                                }
+                            }
                         }
                     }
                 }
-            });
-        }
+            }
+        });
+    };
+    match out {
+        QOutput::F32(y) => compact(y, None),
+        QOutput::F32Add(y, add) => compact(y, Some(add)),
         QOutput::U8 { data, layout, q, act } => quantize_strided_c4(k, flat, [cols, img, row], act, q, &layout, data),
     }
 }
@@ -492,8 +529,38 @@ mod tests {
             qconv2d_par(k, &plan, &inputs, Some(&bias), QOutput::F32(&mut yt), &mut st, &pool);
             assert!(yt.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads: {g:?} differs");
         }
-        // Requantized output: the f32 result through SiLU into a padded layout of the next node.
+        // A residual tensor and per-image channel values added in the output pass: the f32 sums
+        // of the separate addition, on 1 and 2 threads.
         let [oh, ow] = plan.out_hw();
+        let full = data(want.len(), seed + 3);
+        let per_channel = data(g.n * g.cout, seed + 4);
+        let pool = crate::pool::Pool::new(2).unwrap();
+        for (name, add) in [("residual", Addend::Full(&full)), ("per-channel", Addend::PerChannel(&per_channel))] {
+            let want_add: Vec<f32> = want
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| match add {
+                    Addend::Full(a) => v + a[i],
+                    Addend::PerChannel(a) => v + a[i / (oh * ow)],
+                })
+                .collect();
+            for threads in [1, 2] {
+                let mut ya = vec![f32::NAN; want.len()];
+                let mut st = vec![f32::NAN; plan.scratch_len_threads(k, threads)];
+                let out = QOutput::F32Add(&mut ya, add);
+                if threads == 1 {
+                    qconv2d(k, &plan, &inputs, Some(&bias), out, &mut st);
+                } else {
+                    qconv2d_par(k, &plan, &inputs, Some(&bias), out, &mut st, &pool);
+                }
+                assert!(
+                    ya.iter().zip(&want_add).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} {g:?}: {name} added on {threads} threads differs",
+                    k.qgemm().name
+                );
+            }
+        }
+        // Requantized output: the f32 result through SiLU into a padded layout of the next node.
         let (next, layout) =
             (ActQ { delta: 0.02, zero_point: 37, bits: 8 }, C4 { c: g.cout, n: g.n, h: oh, w: ow, pad: [1, 0, 2, 1] });
         let mut want_q = vec![0u8; layout.len()];

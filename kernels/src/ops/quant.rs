@@ -168,6 +168,78 @@ pub fn quantize_c4_par(
     });
 }
 
+crate::simd::multiversion! {
+    /// [`quantize_c4`] of `x` upsampled by `s` (nearest neighbour): `x` is `[N][cx][H/s][W/s]`,
+    /// `layout` is the upsampled `[N][C][H][W]`. Each source value is quantized once and its byte
+    /// written `s × s` times — the bytes of an upsampling pass followed by [`quantize_c4`],
+    /// without the upsampled f32 tensor.
+    pub fn quantize_c4_upsampled(x: &[f32], cx: usize, ch0: usize, s: usize, q: ActQ, layout: &C4, out: &mut [u8]) => quantize_c4_upsampled_generic
+}
+
+/// [`quantize_c4_upsampled`] on the threads of `par`, split by groups of four channels.
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_c4_upsampled_par(
+    k: &crate::Kernels,
+    x: &[f32],
+    cx: usize,
+    ch0: usize,
+    s: usize,
+    q: ActQ,
+    layout: &C4,
+    out: &mut [u8],
+    par: &dyn crate::pool::Parallel,
+) {
+    assert_eq!(out.len(), layout.len(), "quantize_c4: output length");
+    let threads = par.threads();
+    let per_group = layout.plane() * 4;
+    let sh = crate::pool::SharedMut::new(out);
+    par.run(&|t| {
+        let (g0, g1) = crate::pool::split(layout.groups(), threads, t, 1);
+        if g0 == g1 {
+            return;
+        }
+        let sub = C4 { c: (4 * g1).min(layout.c) - 4 * g0, ..*layout };
+        // SAFETY: channel-group ranges are disjoint between threads.
+        let part = unsafe { sh.part(g0 * per_group, g1 * per_group) };
+        quantize_c4_upsampled(k, x, cx, ch0 + 4 * g0, s, q, &sub, part);
+    });
+}
+
+#[inline(always)]
+fn quantize_c4_upsampled_generic(x: &[f32], cx: usize, ch0: usize, s: usize, q: ActQ, layout: &C4, out: &mut [u8]) {
+    let C4 { c, n, h, w, pad } = *layout;
+    assert!(s >= 1 && h.is_multiple_of(s) && w.is_multiple_of(s), "quantize_c4_upsampled: size not a multiple of {s}");
+    let (hs, ws) = (h / s, w / s);
+    assert!(ch0 + c <= cx && x.len() >= n * cx * hs * ws, "quantize_c4_upsampled: input too short");
+    assert_eq!(out.len(), layout.len(), "quantize_c4: output length");
+    out.fill(q.zero_point);
+    let mut words = [0u8; 4 * CHUNK];
+    for g in 0..layout.groups() {
+        for b in 0..n {
+            for ys in 0..hs {
+                let row = |t: usize| {
+                    let ch = 4 * g + t;
+                    (ch < c).then(|| &x[((b * cx + ch0 + ch) * hs + ys) * ws..][..ws])
+                };
+                for x0 in (0..ws).step_by(CHUNK) {
+                    let cl = (ws - x0).min(CHUNK);
+                    let rows = [0, 1, 2, 3].map(|t| row(t).map(|r| &r[x0..x0 + cl]));
+                    put_rows(rows, Activation::None, q, &mut words[..4 * cl]);
+                    for r in 0..s {
+                        let at = layout.word(g, b, ys * s + r + pad[0], pad[2] + x0 * s);
+                        let dst = &mut out[at..at + 4 * s * cl];
+                        for (cell, word) in dst.chunks_exact_mut(4 * s).zip(words[..4 * cl].chunks_exact(4)) {
+                            for o in cell.chunks_exact_mut(4) {
+                                o.copy_from_slice(word);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn quantize_c4_generic(x: &[f32], cx: usize, ch0: usize, act: Activation, q: ActQ, layout: &C4, out: &mut [u8]) {
     let C4 { c, n, h, w, .. } = *layout;
@@ -535,6 +607,32 @@ mod tests {
                 let mut out = vec![0u8; l.len()];
                 quantize_c4(k, &x, cx, ch0, act, q, &l, &mut out);
                 assert_eq!(out, naive(&x, cx, ch0, act, q, &l), "{:?} {l:?}", k.tier());
+            }
+        });
+    }
+
+    #[test]
+    fn upsampled_quantization_is_the_upsampling_then_the_quantization() {
+        let pool = crate::pool::Pool::new(2).unwrap();
+        for_each_tier(|k| {
+            // (c, cx, ch0, n, source h, source w, factor, pad); 70 source columns span two chunks.
+            for (c, cx, ch0, n, hs, ws, s, pad) in [
+                (5usize, 7usize, 2usize, 2usize, 3usize, 70usize, 2usize, [1usize, 1, 1, 1]),
+                (8, 8, 0, 1, 4, 4, 2, [1, 1, 1, 1]),
+                (1, 1, 0, 3, 5, 2, 3, [2, 0, 0, 3]),
+            ] {
+                let l = C4 { c, n, h: hs * s, w: ws * s, pad };
+                let x: Vec<f32> = data(n * cx * hs * ws, 6).iter().map(|v| v * 4.0).collect();
+                let mut up = vec![0f32; n * cx * l.h * l.w];
+                crate::ops::elementwise::upsample_nearest(&x, n * cx, hs, ws, s, &mut up);
+                let q = ActQ { delta: 0.027, zero_point: 131, bits: 8 };
+                let want = naive(&up, cx, ch0, Activation::None, q, &l);
+                let mut out = vec![0xAAu8; l.len()];
+                quantize_c4_upsampled(k, &x, cx, ch0, s, q, &l, &mut out);
+                assert_eq!(out, want, "{:?} {l:?}", k.tier());
+                out.fill(0xAA);
+                quantize_c4_upsampled_par(k, &x, cx, ch0, s, q, &l, &mut out, &pool);
+                assert_eq!(out, want, "{:?} {l:?} on 2 threads", k.tier());
             }
         });
     }

@@ -157,35 +157,54 @@ pub fn pack_q_into(
     let mr = kern.mr;
     assert_eq!(out.len(), packed_q_len(kern, m, kg), "packed A length");
     assert!(sums.len() >= m, "row sums");
-    let get = |r: usize, k: usize| if r < m && k < kg * 4 { at(r, k) } else { 0 };
-    let mut o = 0;
-    let mut put = |v: i8, wide: bool| {
-        if wide {
-            out[o..o + 2].copy_from_slice(&i16::from(v).to_le_bytes());
-            o += 2;
-        } else {
-            out[o] = v as u8;
-            o += 1;
-        }
-    };
-    for p in 0..m.div_ceil(mr) {
-        match kern.a_format {
-            AFormat::I8x4 | AFormat::I16x4 => {
-                let wide = kern.a_format == AFormat::I16x4;
-                for g in 0..kg {
-                    for i in 0..mr {
-                        for t in 0..4 {
-                            put(get(p * mr + i, g * 4 + t), wide);
+    let sums = &mut sums[..m];
+    sums.fill(0);
+    if kg == 0 {
+        return;
+    }
+    // One pass, rows past `m` zero, the row sums accumulated alongside (attention packs its
+    // operands per head and query tile with this: no per-byte closure or branch on the format).
+    match kern.a_format {
+        AFormat::I8x4 | AFormat::I16x4 => {
+            let width = if kern.a_format == AFormat::I16x4 { 2 } else { 1 };
+            for (pi, panel) in out.chunks_exact_mut(kg * mr * 4 * width).enumerate() {
+                for (g, block) in panel.chunks_exact_mut(mr * 4 * width).enumerate() {
+                    for (i, cell) in block.chunks_exact_mut(4 * width).enumerate() {
+                        let r = pi * mr + i;
+                        if r >= m {
+                            cell.fill(0);
+                            continue;
+                        }
+                        let k = 4 * g;
+                        let v = [at(r, k), at(r, k + 1), at(r, k + 2), at(r, k + 3)];
+                        sums[r] += v.iter().map(|&x| i32::from(x)).sum::<i32>();
+                        if width == 2 {
+                            for (o, x) in cell.chunks_exact_mut(2).zip(v) {
+                                o.copy_from_slice(&i16::from(x).to_le_bytes());
+                            }
+                        } else {
+                            for (o, x) in cell.iter_mut().zip(v) {
+                                *o = x as u8;
+                            }
                         }
                     }
                 }
             }
-            AFormat::I8x8 => {
+        }
+        AFormat::I8x8 => {
+            let mut o = 0;
+            for p in 0..m.div_ceil(mr) {
                 for g2 in 0..kg.div_ceil(2) {
                     for pair in 0..mr / 2 {
-                        for r in 0..2 {
+                        for r in [p * mr + pair * 2, p * mr + pair * 2 + 1] {
                             for t in 0..8 {
-                                put(get(p * mr + pair * 2 + r, g2 * 8 + t), false);
+                                let k = g2 * 8 + t;
+                                let v = if r < m && k < kg * 4 { at(r, k) } else { 0 };
+                                if r < m {
+                                    sums[r] += i32::from(v);
+                                }
+                                out[o] = v as u8;
+                                o += 1;
                             }
                         }
                     }
@@ -193,8 +212,120 @@ pub fn pack_q_into(
             }
         }
     }
-    for (r, s) in sums.iter_mut().enumerate().take(m) {
-        *s = (0..kg * 4).map(|k| i32::from(at(r, k))).sum();
+}
+
+/// Where element `(i, k)` of row panel `p` lands in `kern`'s packed A (an element index; bytes
+/// are this times [`a_width`]), for `kg` k-groups.
+#[inline(always)]
+fn a_index(kern: &QgemmKernel, kg: usize, p: usize, i: usize, k: usize) -> usize {
+    let mr = kern.mr;
+    match kern.a_format {
+        AFormat::I8x4 | AFormat::I16x4 => ((p * kg + k / 4) * mr + i) * 4 + k % 4,
+        AFormat::I8x8 => ((p * kg.div_ceil(2) + k / 8) * (mr / 2) + i / 2) * 16 + (i % 2) * 8 + k % 8,
+    }
+}
+
+/// Bytes per packed element.
+fn a_width(kern: &QgemmKernel) -> usize {
+    if kern.a_format == AFormat::I16x4 { 2 } else { 1 }
+}
+
+/// Packs `A[r][k] = src[r·rs + k·ks] − 128` for `r < m`, `k < kvalid` (zero elsewhere, up to
+/// `kg` k-groups) from unsigned bytes — attention's quantized q, k and v, row-major (`ks = 1`)
+/// or channel-major (`rs = 1`) — with the row sums, in one pass without per-element calls.
+#[allow(clippy::too_many_arguments)]
+pub fn pack_q_u8(
+    kern: &QgemmKernel,
+    m: usize,
+    kg: usize,
+    src: &[u8],
+    rs: usize,
+    ks: usize,
+    kvalid: usize,
+    out: &mut [u8],
+    sums: &mut [i32],
+) {
+    assert_eq!(out.len(), packed_q_len(kern, m, kg), "packed A length");
+    assert!(sums.len() >= m && kvalid <= kg * 4, "row sums");
+    if m == 0 || kvalid == 0 {
+        out.fill(0);
+        sums[..m].fill(0);
+        return;
+    }
+    assert!((m - 1) * rs + (kvalid - 1) * ks < src.len(), "packed A source too short");
+    out.fill(0);
+    sums[..m].fill(0);
+    match (kern.a_format, rs, ks) {
+        (AFormat::I16x4, _, 1) => pack_u8_x4::<2>(kern.mr, m, kg, src, rs, 1, kvalid, out, sums),
+        (AFormat::I16x4, 1, _) => pack_u8_x4::<2>(kern.mr, m, kg, src, 1, ks, kvalid, out, sums),
+        (AFormat::I8x4, _, 1) => pack_u8_x4::<1>(kern.mr, m, kg, src, rs, 1, kvalid, out, sums),
+        (AFormat::I8x4, 1, _) => pack_u8_x4::<1>(kern.mr, m, kg, src, 1, ks, kvalid, out, sums),
+        _ => {
+            let w = a_width(kern);
+            for (p, r0) in (0..m).step_by(kern.mr).enumerate() {
+                for i in 0..(m - r0).min(kern.mr) {
+                    for k in 0..kvalid {
+                        let v = i16::from(src[(r0 + i) * rs + k * ks]) - 128;
+                        sums[r0 + i] += i32::from(v);
+                        let at = a_index(kern, kg, p, i, k) * w;
+                        if w == 2 {
+                            out[at..at + 2].copy_from_slice(&v.to_le_bytes());
+                        } else {
+                            out[at] = v as i8 as u8;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`pack_q_u8`] for the `[panel][kg][MR][4]` formats (`W` bytes per element), row-major
+/// (`ks = 1`: four consecutive bytes per k-group of a row) or channel-major (`rs = 1`: the rows
+/// of a panel consecutive for each k) sources; `out` and `sums` zeroed by the caller.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pack_u8_x4<const W: usize>(
+    mr: usize,
+    m: usize,
+    kg: usize,
+    src: &[u8],
+    rs: usize,
+    ks: usize,
+    kvalid: usize,
+    out: &mut [u8],
+    sums: &mut [i32],
+) {
+    let put = |out: &mut [u8], at: usize, b: u8| {
+        let v = i16::from(b) - 128;
+        if W == 2 {
+            out[at * 2..at * 2 + 2].copy_from_slice(&v.to_le_bytes());
+        } else {
+            out[at] = v as i8 as u8;
+        }
+        i32::from(v)
+    };
+    for (p, r0) in (0..m).step_by(mr).enumerate() {
+        let rows = (m - r0).min(mr);
+        let panel = p * kg * mr * 4;
+        if ks == 1 {
+            for i in 0..rows {
+                let row = &src[(r0 + i) * rs..(r0 + i) * rs + kvalid];
+                let mut sum = 0;
+                for (k, &b) in row.iter().enumerate() {
+                    sum += put(out, panel + (k / 4 * mr + i) * 4 + k % 4, b);
+                }
+                sums[r0 + i] = sum;
+            }
+        } else {
+            for k in 0..kvalid {
+                let col = &src[k * ks + r0..k * ks + r0 + rows];
+                let base = panel + k / 4 * mr * 4 + k % 4;
+                for (i, &b) in col.iter().enumerate() {
+                    sums[r0 + i] += put(out, base + i * 4, b);
+                }
+            }
+        }
     }
 }
 

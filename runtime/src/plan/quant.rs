@@ -209,6 +209,6 @@ fn qconv_step<'m>(
         .collect();
     let scratch =
         plan.scratch_len_threads(k, threads) + steps.iter().map(|g| g.layout.len().div_ceil(4)).sum::<usize>();
-    let step = Step::QConv { x, pre: false, cin: geom.cin, plan, groups: steps, bias };
+    let step = Step::QConv { x, pre: false, cin: geom.cin, plan, groups: steps, bias, add: None, upsample: 1 };
     Ok((step, vec![geom.n, geom.cout, oh, ow], scratch))
 }

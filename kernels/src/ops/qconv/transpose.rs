@@ -1,7 +1,7 @@
 //! The integer transposed convolution: one GEMM over the input positions, its i32 results
 //! scattered onto the output grid, one f32 epilogue per output.
 
-use super::{QInput, QOutput};
+use super::{Addend, QInput, QOutput};
 use crate::Kernels;
 use crate::gemm::MatMut;
 use crate::ops::conv::ConvTransposeGeom;
@@ -141,6 +141,21 @@ pub fn qconv_transpose2d(
                 }
             }
         }
+        QOutput::F32Add(y, add) => {
+            for co in 0..cout {
+                for b in 0..n {
+                    let at = (b * cout + co) * plane;
+                    let src = &acc_i[(co * n + b) * plane..][..plane];
+                    for (i, (d, &a)) in y[at..at + plane].iter_mut().zip(src).enumerate() {
+                        let z = match add {
+                            Addend::Full(t) => t[at + i],
+                            Addend::PerChannel(t) => t[b * cout + co],
+                        };
+                        *d = epi(co, a) + z;
+                    }
+                }
+            }
+        }
         QOutput::U8 { data, layout, q, act } => {
             for co in 0..cout {
                 for v in &mut acc[co * n * plane..(co + 1) * n * plane] {
@@ -252,6 +267,20 @@ mod tests {
                     assert!(a.to_bits() == b.to_bits(), "{} {geom:?}: element {i}: {a} vs {b}", k.qgemm().name);
                 }
                 let [oh, ow] = plan.out_hw();
+                // Residual and per-channel additions in the output pass.
+                let (full, per) = (data(want.len(), seed + 3), data(n * geom.cout, seed + 4));
+                for add in [Addend::Full(&full), Addend::PerChannel(&per)] {
+                    let mut ya = vec![f32::NAN; want.len()];
+                    qconv_transpose2d(k, &plan, input, Some(&bias), QOutput::F32Add(&mut ya, add), &mut scratch);
+                    let ok = ya.iter().enumerate().all(|(i, a)| {
+                        let z = match add {
+                            Addend::Full(t) => t[i],
+                            Addend::PerChannel(t) => t[i / (oh * ow)],
+                        };
+                        a.to_bits() == (want[i] + z).to_bits()
+                    });
+                    assert!(ok, "{} {geom:?}: the added output differs", k.qgemm().name);
+                }
                 let (next, layout) = (
                     ActQ { delta: 0.05, zero_point: 3, bits: 8 },
                     C4 { c: geom.cout, n, h: oh, w: ow, pad: [1, 1, 1, 1] },
