@@ -174,7 +174,10 @@ fn conv_transpose2d_matches_its_definition() {
 #[test]
 fn attention_matches_its_definition() {
     for_each_tier(|k| {
-        for (n, channels, heads, l) in [(2usize, 8usize, 1usize, 16usize), (1, 12, 3, 70), (1, 4, 2, 130)] {
+        // (1, 4, 1, 300): one pair, several query tiles, split between the threads.
+        for (n, channels, heads, l) in
+            [(2usize, 8usize, 1usize, 16usize), (1, 12, 3, 70), (1, 4, 2, 130), (1, 4, 1, 300)]
+        {
             let len = n * channels * l;
             let (q, kk, v) = (data(len, 31), data(len, 32), data(len, 33));
             let scale = 1.0 / ((channels / heads) as f32).sqrt();
@@ -184,6 +187,14 @@ fn attention_matches_its_definition() {
             let mut scratch = vec![f32::NAN; s.scratch_len(k)];
             attention_spatial(k, &s, &q, &kk, &v, &mut out, &mut scratch);
             assert_close(&out, &want, 1e-5, &format!("{} attention {s:?}", k.sgemm().name));
+            // Split by pairs or by query tiles on 2 and 3 threads: the same bits.
+            for threads in [2, 3] {
+                let pool = crate::pool::Pool::new(threads).unwrap();
+                let mut o = vec![f32::NAN; len];
+                let mut sc = vec![f32::NAN; s.scratch_len_threads(k, threads)];
+                crate::ops::attention::attention_spatial_par(k, &s, &q, &kk, &v, &mut o, &mut sc, &pool);
+                assert!(o.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads: {s:?}");
+            }
         }
     });
 }
