@@ -286,6 +286,23 @@ pub struct QInput<'a> {
     pub scale: &'a [f32],
 }
 
+/// Columns `j0..` of another gather (one thread's share of the columns).
+struct Shifted<'a> {
+    src: &'a dyn GatherB,
+    j0: usize,
+}
+
+impl GatherB for Shifted<'_> {
+    fn fill(&self, jb: usize, je: usize, nr: usize, block: &mut [u8]) {
+        self.src.fill(self.j0 + jb, self.j0 + je, nr, block);
+    }
+}
+
+/// Gathered convolutions with at least this many columns per thread split the columns between
+/// the threads (each gathers only its own; every thread sweeps all rows), fewer split the rows
+/// (each thread gathers every column for its rows).
+const COLUMN_SPLIT_MIN: usize = 64;
+
 /// `y[b, c] = Σ_groups Δa·Δw[c]·(acc − zp·Σw[c]) + bias[c]` for the whole batch, written to
 /// `out` (f32 `[N][cout][oh][ow]`, or requantized).
 pub fn qconv2d(
@@ -329,6 +346,13 @@ pub fn qconv2d_par(
         assert!(inp.scale.len() >= cout, "scale per output channel");
     }
     let panels = cout.div_ceil(kern.mr);
+    // Column parts of the threads in the gathered mode, in whole output rows (a compaction run
+    // never crosses two parts): none for requantized outputs, for the in-place mode, or when
+    // there are too few columns.
+    let split_cols =
+        !plan.direct && threads > 1 && !matches!(out, QOutput::U8 { .. }) && cols >= COLUMN_SPLIT_MIN * threads;
+    let bounds = |t: usize| split(cols, threads, t, ow);
+    let column_split = split_cols.then_some(&bounds);
     let gs = SharedMut::new(gemm_scratch);
     let fs = SharedMut::new(flat);
     // Rows (output channels) of thread t.
@@ -364,6 +388,36 @@ pub fn qconv2d_par(
                 gemm(t, gi, None);
             }
         });
+    } else if let Some(bounds) = column_split {
+        // Each thread gathers and multiplies its own columns for every row, into its own
+        // `[cout][columns]` part of `flat` (one copy of K bytes per column in all).
+        par.run(&|t| {
+            let (j0, j1) = bounds(t);
+            if j0 == j1 {
+                return;
+            }
+            // SAFETY: thread t alone uses its scratch part and its part of `flat`.
+            let (sc, c) = unsafe { (gs.part(t * per, (t + 1) * per), fs.part(cout * j0, cout * j1)) };
+            for (gi, (g, inp)) in plan.groups.iter().zip(inputs).enumerate() {
+                let src = ConvGather {
+                    l: &g.layout,
+                    data: inp.data,
+                    kernel: [kh, kw],
+                    stride,
+                    out: [oh, ow],
+                    kg: g.offs.len(),
+                };
+                let ep = QEpilogue {
+                    scale: Some(&inp.scale[..cout]),
+                    zero_point: i32::from(inp.zero_point),
+                    bias: if gi == 0 { bias } else { None },
+                    accumulate: gi > 0,
+                };
+                let a = g.packed.view().panels(kern, 0, panels);
+                let c = MatMut { data: &mut c[..], rs: j1 - j0, cs: 1 };
+                qgemm_gathered(kern, a, &Shifted { src: &src, j0 }, j1 - j0, c, &ep, sc);
+            }
+        });
     } else {
         // Every thread gathers the blocks of its own product (a copy of K bytes per column,
         // from L2 into L2) instead of one shared pass writing the whole K × columns matrix.
@@ -385,6 +439,18 @@ pub fn qconv2d_par(
     let flat: &[f32] = &rest[..cout * cols];
     let l = &plan.groups[0].layout;
     let (img, row) = if plan.direct { (l.hp() * l.wp(), l.wp()) } else { (oh * ow, ow) };
+    // Where the run of `len` columns from column `j` of row `c` lies in `flat` (the thread's
+    // part holding them when the columns were split; runs never cross a part).
+    let run = |c: usize, j: usize, len: usize| -> &[f32] {
+        match column_split {
+            Some(bounds) => {
+                let t = (0..threads).find(|&t| bounds(t).1 > j).expect("column inside a part");
+                let (j0, j1) = bounds(t);
+                &flat[cout * j0 + c * (j1 - j0) + (j - j0)..][..len]
+            }
+            None => &flat[c * cols + j..][..len],
+        }
+    };
     let compact = |y: &mut [f32], add: Option<Addend<'_>>| {
         let ys = SharedMut::new(y);
         par.run(&|t| {
@@ -395,7 +461,7 @@ pub fn qconv2d_par(
                 for c in c0..c1 {
                     for oy in 0..oh {
                         let dst = &mut yb[((c - c0) * oh + oy) * ow..][..ow];
-                        let src = &flat[c * cols + b * img + oy * row..][..ow];
+                        let src = run(c, b * img + oy * row, ow);
                         match add {
                             None => dst.copy_from_slice(src),
                             Some(Addend::Full(a)) => {
@@ -419,7 +485,10 @@ pub fn qconv2d_par(
     match out {
         QOutput::F32(y) => compact(y, None),
         QOutput::F32Add(y, add) => compact(y, Some(add)),
-        QOutput::U8 { data, layout, q, act } => quantize_strided_c4(k, flat, [cols, img, row], act, q, &layout, data),
+        QOutput::U8 { data, layout, q, act } => {
+            assert!(column_split.is_none(), "requantized outputs read the rows' layout");
+            quantize_strided_c4(k, flat, [cols, img, row], act, q, &layout, data)
+        }
     }
 }
 
