@@ -186,6 +186,8 @@ pub mod keys {
     pub const QUANT_FP_INPUT_LAYER: &str = "quant.fp_input_layer";
     /// Weight rounding before reconstruction: `nearest` or `gptq`.
     pub const QUANT_WEIGHT_ROUND: &str = "quant.weight_round";
+    /// Layers whose inputs `quantize --fp-layers` kept f32, comma-separated.
+    pub const QUANT_FP_LAYERS: &str = "quant.fp_layers";
     /// Calibration samples N.
     pub const CALIB_SAMPLES: &str = "calib.samples";
     /// Sampler of the calibration trajectories: `ddim`, `ddpm`, `plms`, `dpm-solver++`.
@@ -232,6 +234,7 @@ pub mod keys {
         (QUANT_FP_OUTPUT_LAYER, MetaType::Bool),
         (QUANT_FP_INPUT_LAYER, MetaType::Bool),
         (QUANT_WEIGHT_ROUND, MetaType::Str),
+        (QUANT_FP_LAYERS, MetaType::Str),
         (CALIB_SAMPLES, MetaType::U64),
         (CALIB_SAMPLER, MetaType::Str),
         (CALIB_STEPS, MetaType::U64),

@@ -272,6 +272,23 @@ fn exported_mnist_unet_runs_on_the_integer_runtime_like_the_fake_quant_forward()
     assert_eq!(f32_in.len(), 2, "{f32_in:?}");
     assert_eq!(f32_in[0], "encoders.0.0.residual_conv", "{f32_in:?}");
     parity(&model, &net, &q, "mnist-unet W8A8, f32 input");
+    // Named layers kept f32 (`--fp-layers`): exactly those lose their input quantizer; an
+    // unknown name or a transposed convolution is refused.
+    let mut cfg = small_config(8, Recon::None, 0);
+    cfg.structure.fp_layers = vec!["decoders.2.0.conv1".into(), "decoders.2.1.conv1".into()];
+    let q = quant::quantize(&net, &synthetic_set(&model, 24, 5), &cfg, None, false, None, &mut |_| {}).unwrap().model;
+    let f32_in: Vec<&str> = (0..q.nodes.len())
+        .filter(|&i| matches!(&q.nodes[i], Some(quant::NodeQ::Weight(w)) if w.groups[0].input.is_none()))
+        .map(|i| net.graph.nodes[i].name.as_str())
+        .collect();
+    assert_eq!(f32_in.len(), 3, "{f32_in:?}");
+    assert!(f32_in.contains(&"decoders.2.0.conv1") && f32_in.contains(&"decoders.2.1.conv1"), "{f32_in:?}");
+    parity(&model, &net, &q, "mnist-unet W8A8, two layers with f32 inputs");
+    for bad in ["no.such.layer", "ups.2"] {
+        cfg.structure.fp_layers = vec![bad.into()];
+        let r = quant::quantize(&net, &synthetic_set(&model, 24, 5), &cfg, None, false, None, &mut |_| {});
+        assert!(r.is_err_and(|e| e.to_string().contains(bad)), "--fp-layers {bad} accepted");
+    }
     // GPTQ rounding (transposed convolutions keep nearest rounding) and activation ranges
     // chosen by layer-output error: other integers and ranges, the same parity.
     let mut cfg = small_config(4, Recon::None, 0);

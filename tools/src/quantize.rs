@@ -90,6 +90,11 @@ pub struct QuantizeArgs {
     /// image (on by default, `false` for EDA-DM as published).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     fp_input_layer: bool,
+    /// Convs and linears (by node name, comma-separated, as `--sensitivity` and `inspect` name
+    /// them) whose inputs stay f32, their weights quantized: the measured most sensitive
+    /// activation quantizers left out, at the cost of running those layers in f32.
+    #[arg(long, value_delimiter = ',')]
+    fp_layers: Vec<String>,
     /// Weight rounding before any reconstruction: to the nearest level of each channel's grid,
     /// or GPTQ (each layer's columns rounded in turn, the error spread over the columns not
     /// rounded yet through the inverse Hessian of the layer's FP inputs on the calibration
@@ -250,6 +255,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             split: a.split,
             fp_last: a.fp_output_layer,
             fp_input: a.fp_input_layer,
+            fp_layers: a.fp_layers.clone(),
         },
         recon: ReconConfig {
             method,
@@ -331,6 +337,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         (keys::QUANT_FP_OUTPUT_LAYER.into(), MetaValue::Bool(a.fp_output_layer)),
         (keys::QUANT_FP_INPUT_LAYER.into(), MetaValue::Bool(a.fp_input_layer)),
         (keys::QUANT_WEIGHT_ROUND.into(), MetaValue::Str(a.weight_round.clone())),
+        (keys::QUANT_FP_LAYERS.into(), MetaValue::Str(a.fp_layers.join(","))),
         (keys::CALIB_SAMPLES.into(), MetaValue::U64(n as u64)),
         (keys::CALIB_SHA256.into(), MetaValue::Str(sha)),
     ];

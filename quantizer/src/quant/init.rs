@@ -43,7 +43,7 @@ pub fn initialise(
 /// The quantized model with its weights rounded (nearest, or GPTQ on the samples `rows`) and
 /// placeholder activation quantizers.
 pub(super) fn weights_rounded(net: &Net, calib: &CalibSet, rows: &[usize], cfg: &QuantizeConfig) -> Result<QModel> {
-    let mut q = QModel::new(net, cfg.structure, &channel_counts(net, calib)?)?;
+    let mut q = QModel::new(net, cfg.structure.clone(), &channel_counts(net, calib)?)?;
     if cfg.gptq {
         gptq::round_weights(net, calib, rows, cfg.init_batch, &mut q)?;
     }

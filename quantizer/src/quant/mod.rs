@@ -33,7 +33,7 @@ use candle_core::Tensor;
 use crate::net::{Fp, Hooks, Net, tensor4};
 
 /// Everything that decides a quantization run.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuantizeConfig {
     /// Bits and split.
     pub structure: Structure,
@@ -133,7 +133,14 @@ impl QuantizeConfig {
     pub fn official(wbits: u32, method: Recon) -> QuantizeConfig {
         let (lr_w, lr_a) = if wbits == 4 { (5e-1, 5e-4) } else { (5e-2, 1e-3) };
         QuantizeConfig {
-            structure: Structure { wbits, abits: 8, split: true, fp_last: false, fp_input: false },
+            structure: Structure {
+                wbits,
+                abits: 8,
+                split: true,
+                fp_last: false,
+                fp_input: false,
+                fp_layers: Vec::new(),
+            },
             recon: ReconConfig { method, iters: 5000, batch: 32, lr_w, lr_a, gamma: 0.8, drop_prob: 0.5 },
             seed: 1234,
             holdout: 0,

@@ -152,7 +152,7 @@ pub enum NodeQ {
 }
 
 /// Options that decide the quantized model's structure.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Structure {
     /// Weight bits (8 or 4).
     pub wbits: u32,
@@ -169,6 +169,11 @@ pub struct Structure {
     /// pure noise and a clean image.
     #[serde(default)]
     pub fp_input: bool,
+    /// Convs and linears named here keep an f32 input (weights quantized): the measured most
+    /// sensitive activation quantizers (`--sensitivity`) left out, at the cost of running those
+    /// layers in f32.
+    #[serde(default)]
+    pub fp_layers: Vec<String>,
 }
 
 /// The whole quantized model.
@@ -229,6 +234,17 @@ impl QModel {
             (Some(&f), Some(&l)) => (f, l),
             _ => return Err(QuantError::Invalid("the model has no conv or linear layer to quantize".into())),
         };
+        for name in &s.fp_layers {
+            match g.nodes.iter().find(|n| &n.name == name) {
+                None => return Err(QuantError::Invalid(format!("--fp-layers: no layer named {name:?}"))),
+                Some(n) if !matches!(n.op, Op::Conv2d(_) | Op::Linear(_)) => {
+                    return Err(QuantError::Invalid(format!(
+                        "--fp-layers: {name:?} is not a convolution or linear layer (transposed convolutions need a quantized input)"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
         let producer = producers(g);
         let sample = g.inputs.iter().find(|i| matches!(i.kind, InputKind::Sample { .. })).map(|i| i.value);
         let placeholder = ActQ { delta: 1.0, zero_point: 0.0, bits: s.abits };
@@ -272,7 +288,8 @@ impl QModel {
                     }
                 }
             };
-            let input = if ni == last || reads_sample { None } else { Some(placeholder) };
+            let fp_layer = s.fp_layers.contains(&node.name);
+            let input = if ni == last || reads_sample || fp_layer { None } else { Some(placeholder) };
             let mut wn = WNode {
                 bits,
                 out,
@@ -320,7 +337,7 @@ impl QModel {
 
     /// The model as it runs in time-step group `g`: that group's activation quantizers, no table.
     pub fn at_group(&self, g: usize) -> QModel {
-        let mut q = QModel { structure: self.structure, nodes: self.nodes.clone(), steps: None };
+        let mut q = QModel { structure: self.structure.clone(), nodes: self.nodes.clone(), steps: None };
         if let Some(s) = &self.steps
             && g > 0
         {
