@@ -324,7 +324,7 @@ fn quantize_with_each_activation_initialisation() {
     assert!(!bad.exists());
     // The default recipe (docs/RESULTS.md): no reconstruction at 8-bit weights, percentile
     // 99.999, corrected biases, an f32 output layer, one table for every step (a minor-0 file);
-    // at 4-bit weights FBR.
+    // at 4-bit weights block-wise reconstruction.
     let def = d.join("default.edq");
     let plain = ["quantize", model.as_str(), "--calib-set", calib.to_str().unwrap(), "--holdout", "8"];
     let r = edadm(&[&plain[..], &["-o", def.to_str().unwrap()]].concat());
@@ -335,7 +335,7 @@ fn quantize_with_each_activation_initialisation() {
     let w4 = d.join("w4.edq");
     let r = edadm(&[&plain[..], &["--wbits", "4", "--iters", "2", "-o", w4.to_str().unwrap()]].concat());
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(meta(&w4)["metadata"]["quant.reconstruction"], "fbr");
+    assert_eq!(meta(&w4)["metadata"]["quant.reconstruction"], "block");
     let v = meta(&def);
     assert_eq!(v["metadata"]["quant.reconstruction"], "none");
     assert_eq!(v["metadata"]["quant.act_init"], "percentile 99.999");
