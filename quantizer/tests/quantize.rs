@@ -107,6 +107,17 @@ fn parity_one(qm: &Model, net: &Net, q: &QModel, set: &CalibSet, label: &str) {
     opts.keep = (0..qm.graph().num_values).map(ValueId).collect();
     let mut sess = Session::new(qm, &opts).unwrap();
     let got = sess.run(&set.x, &set.t).unwrap().to_vec();
+    // The default plan fuses adds and upsamplings into the integer convolutions (keeping every
+    // value, as above, disables that): the same bits, on one thread and on two.
+    for threads in [1, 2] {
+        let mut fused = Session::new(qm, &SessionOptions { threads, ..SessionOptions::batch(n) }).unwrap();
+        assert!(fused.num_steps() < sess.num_steps(), "{label}: nothing fused");
+        let f = fused.run(&set.x, &set.t).unwrap();
+        assert!(
+            f.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{label}: the fused plan differs on {threads} threads"
+        );
+    }
 
     let weights = q.weight_tensors(net).unwrap();
     let ints = q.int_tensors(net).unwrap();

@@ -80,6 +80,33 @@ fn every_thread_count_computes_the_same_bits() {
 }
 
 #[test]
+fn fused_steps_compute_the_bits_of_the_separate_ones() {
+    // Keeping every value readable disables the fusions (a fused value has other readers), so
+    // the two sessions run the same graph with and without them.
+    let model = Model::open(golden("tiny-w4a8.edq")).unwrap();
+    let all: Vec<edadm_format::graph::ValueId> =
+        (0..model.graph().num_values).map(edadm_format::graph::ValueId).collect();
+    for (batch, threads) in [(1, 1), (3, 1), (3, 2)] {
+        let (x, t) = inputs(batch);
+        let opts = SessionOptions { threads, ..SessionOptions::batch(batch) };
+        let mut fused = Session::new(&model, &opts).unwrap();
+        let variants: Vec<String> = fused.steps().into_iter().map(|s| s.variant).collect();
+        assert!(variants.iter().any(|v| v.contains("+ residual")), "{variants:?}");
+        assert!(variants.iter().any(|v| v.contains("+ channel offsets")), "{variants:?}");
+        let mut plain = Session::new(&model, &SessionOptions { keep: all.clone(), ..opts.clone() }).unwrap();
+        let fused_add = |v: &str| v.contains("+ residual") || v.contains("+ channel offsets");
+        assert!(plain.steps().iter().all(|s| !fused_add(&s.variant)), "fusions with every value kept");
+        assert!(plain.num_steps() > fused.num_steps());
+        let want = plain.run(&x, &t).unwrap().to_vec();
+        let got = fused.run(&x, &t).unwrap();
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "batch {batch}, {threads} threads: fused and separate steps differ"
+        );
+    }
+}
+
+#[test]
 fn batches_are_independent() {
     let model = Model::open(golden("tiny-fp32.edq")).unwrap();
     let (x, t) = inputs(3);
