@@ -443,7 +443,7 @@ impl<'m> Session<'m> {
     }
 }
 
-/// An integer conv's output, with the value fused into it (`plan::fuse_conv_add`) added.
+/// An integer conv's output, with the value fused into it (`plan::fuse::conv_add`) added.
 fn conv_out<'a>(y: &'a mut [f32], add: Option<(u32, bool)>, r: &Reader<'a>, slots: &[Slot]) -> QOutput<'a> {
     match add {
         None => QOutput::F32(y),
