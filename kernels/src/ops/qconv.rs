@@ -382,6 +382,15 @@ pub fn qconv2d_par(
             None => qgemm(kern, a, inp.data, &g.offs, cols, c, &ep, sc),
         }
     };
+    // The implicit im2col of input group `g`.
+    let gather = |gi: usize| ConvGather {
+        l: &plan.groups[gi].layout,
+        data: inputs[gi].data,
+        kernel: [kh, kw],
+        stride,
+        out: [oh, ow],
+        kg: plan.groups[gi].offs.len(),
+    };
     if plan.direct {
         par.run(&|t| {
             for gi in 0..inputs.len() {
@@ -399,14 +408,7 @@ pub fn qconv2d_par(
             // SAFETY: thread t alone uses its scratch part and its part of `flat`.
             let (sc, c) = unsafe { (gs.part(t * per, (t + 1) * per), fs.part(cout * j0, cout * j1)) };
             for (gi, (g, inp)) in plan.groups.iter().zip(inputs).enumerate() {
-                let src = ConvGather {
-                    l: &g.layout,
-                    data: inp.data,
-                    kernel: [kh, kw],
-                    stride,
-                    out: [oh, ow],
-                    kg: g.offs.len(),
-                };
+                let src = gather(gi);
                 let ep = QEpilogue {
                     scale: Some(&inp.scale[..cout]),
                     zero_point: i32::from(inp.zero_point),
@@ -422,16 +424,8 @@ pub fn qconv2d_par(
         // Every thread gathers the blocks of its own product (a copy of K bytes per column,
         // from L2 into L2) instead of one shared pass writing the whole K × columns matrix.
         par.run(&|t| {
-            for (gi, (g, inp)) in plan.groups.iter().zip(inputs).enumerate() {
-                let src = ConvGather {
-                    l: &g.layout,
-                    data: inp.data,
-                    kernel: [kh, kw],
-                    stride,
-                    out: [oh, ow],
-                    kg: g.offs.len(),
-                };
-                gemm(t, gi, Some(&src));
+            for gi in 0..inputs.len() {
+                gemm(t, gi, Some(&gather(gi)));
             }
         });
     }

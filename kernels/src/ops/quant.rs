@@ -152,6 +152,17 @@ pub fn quantize_c4_par(
     out: &mut [u8],
     par: &dyn crate::pool::Parallel,
 ) {
+    by_channel_groups(layout, out, par, &|sub, c0, part| quantize_c4(k, x, cx, ch0 + c0, act, q, sub, part));
+}
+
+/// Runs `f(sub_layout, first_channel, bytes)` on the threads of `par` for disjoint ranges of the
+/// layout's groups of four channels (each range's bytes are contiguous in `out`).
+fn by_channel_groups(
+    layout: &C4,
+    out: &mut [u8],
+    par: &dyn crate::pool::Parallel,
+    f: &(dyn Fn(&C4, usize, &mut [u8]) + Sync),
+) {
     assert_eq!(out.len(), layout.len(), "quantize_c4: output length");
     let threads = par.threads();
     let per_group = layout.plane() * 4;
@@ -164,7 +175,7 @@ pub fn quantize_c4_par(
         let sub = C4 { c: (4 * g1).min(layout.c) - 4 * g0, ..*layout };
         // SAFETY: channel-group ranges are disjoint between threads.
         let part = unsafe { sh.part(g0 * per_group, g1 * per_group) };
-        quantize_c4(k, x, cx, ch0 + 4 * g0, act, q, &sub, part);
+        f(&sub, 4 * g0, part);
     });
 }
 
@@ -189,20 +200,7 @@ pub fn quantize_c4_upsampled_par(
     out: &mut [u8],
     par: &dyn crate::pool::Parallel,
 ) {
-    assert_eq!(out.len(), layout.len(), "quantize_c4: output length");
-    let threads = par.threads();
-    let per_group = layout.plane() * 4;
-    let sh = crate::pool::SharedMut::new(out);
-    par.run(&|t| {
-        let (g0, g1) = crate::pool::split(layout.groups(), threads, t, 1);
-        if g0 == g1 {
-            return;
-        }
-        let sub = C4 { c: (4 * g1).min(layout.c) - 4 * g0, ..*layout };
-        // SAFETY: channel-group ranges are disjoint between threads.
-        let part = unsafe { sh.part(g0 * per_group, g1 * per_group) };
-        quantize_c4_upsampled(k, x, cx, ch0 + 4 * g0, s, q, &sub, part);
-    });
+    by_channel_groups(layout, out, par, &|sub, c0, part| quantize_c4_upsampled(k, x, cx, ch0 + c0, s, q, sub, part));
 }
 
 #[inline(always)]

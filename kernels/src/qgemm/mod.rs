@@ -255,24 +255,16 @@ pub fn pack_q_u8(
     assert!((m - 1) * rs + (kvalid - 1) * ks < src.len(), "packed A source too short");
     out.fill(0);
     sums[..m].fill(0);
-    match (kern.a_format, rs, ks) {
-        (AFormat::I16x4, _, 1) => pack_u8_x4::<2>(kern.mr, m, kg, src, rs, 1, kvalid, out, sums),
-        (AFormat::I16x4, 1, _) => pack_u8_x4::<2>(kern.mr, m, kg, src, 1, ks, kvalid, out, sums),
-        (AFormat::I8x4, _, 1) => pack_u8_x4::<1>(kern.mr, m, kg, src, rs, 1, kvalid, out, sums),
-        (AFormat::I8x4, 1, _) => pack_u8_x4::<1>(kern.mr, m, kg, src, 1, ks, kvalid, out, sums),
+    let x4 = rs == 1 || ks == 1;
+    match kern.a_format {
+        AFormat::I16x4 if x4 => pack_u8_x4::<2>(kern.mr, m, kg, src, rs, ks, kvalid, out, sums),
+        AFormat::I8x4 if x4 => pack_u8_x4::<1>(kern.mr, m, kg, src, rs, ks, kvalid, out, sums),
         _ => {
             let w = a_width(kern);
             for (p, r0) in (0..m).step_by(kern.mr).enumerate() {
                 for i in 0..(m - r0).min(kern.mr) {
                     for k in 0..kvalid {
-                        let v = i16::from(src[(r0 + i) * rs + k * ks]) - 128;
-                        sums[r0 + i] += i32::from(v);
-                        let at = a_index(kern, kg, p, i, k) * w;
-                        if w == 2 {
-                            out[at..at + 2].copy_from_slice(&v.to_le_bytes());
-                        } else {
-                            out[at] = v as i8 as u8;
-                        }
+                        sums[r0 + i] += put_a(out, a_index(kern, kg, p, i, k), w, src[(r0 + i) * rs + k * ks]);
                     }
                 }
             }
@@ -280,9 +272,21 @@ pub fn pack_q_u8(
     }
 }
 
+/// Writes `b − 128` as packed element `at` (`w` bytes wide) and returns it.
+#[inline(always)]
+fn put_a(out: &mut [u8], at: usize, w: usize, b: u8) -> i32 {
+    let v = i16::from(b) - 128;
+    if w == 2 {
+        out[at * 2..at * 2 + 2].copy_from_slice(&v.to_le_bytes());
+    } else {
+        out[at] = v as i8 as u8;
+    }
+    i32::from(v)
+}
+
 /// [`pack_q_u8`] for the `[panel][kg][MR][4]` formats (`W` bytes per element), row-major
-/// (`ks = 1`: four consecutive bytes per k-group of a row) or channel-major (`rs = 1`: the rows
-/// of a panel consecutive for each k) sources; `out` and `sums` zeroed by the caller.
+/// (`ks = 1`: four consecutive bytes per k-group of a row) or else channel-major (`rs = 1`: the
+/// rows of a panel consecutive for each k) sources; `out` and `sums` zeroed by the caller.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn pack_u8_x4<const W: usize>(
@@ -296,15 +300,7 @@ fn pack_u8_x4<const W: usize>(
     out: &mut [u8],
     sums: &mut [i32],
 ) {
-    let put = |out: &mut [u8], at: usize, b: u8| {
-        let v = i16::from(b) - 128;
-        if W == 2 {
-            out[at * 2..at * 2 + 2].copy_from_slice(&v.to_le_bytes());
-        } else {
-            out[at] = v as i8 as u8;
-        }
-        i32::from(v)
-    };
+    let put = |out: &mut [u8], at: usize, b: u8| put_a(out, at, W, b);
     for (p, r0) in (0..m).step_by(mr).enumerate() {
         let rows = (m - r0).min(mr);
         let panel = p * kg * mr * 4;
