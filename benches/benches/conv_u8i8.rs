@@ -1,7 +1,8 @@
 //! Integer convolution and GEMM throughput per kernel tier on the layer shapes of the CIFAR-10
 //! DDPM UNet (METHOD.md §5.1: 128 channels at 32×32, 256 at 16×16, 8×8 and 4×4), batch 1 and
 //! 8, with the f32 convolution of the same shape beside it. Throughput is in MACs (criterion's
-//! "elements"). The scalar reference runs at batch 1 only.
+//! "elements"). The scalar reference runs at batch 1 only. Tiers with a kernel for weights in
+//! `[−64, 63]` (AVX2, AVX-512F: `vpmaddubsw`) run again with 7-bit weights as `{tier}_w7`.
 //!
 //! Groups: `conv_u8i8/{variant}/{layer}_b{batch}`, `conv_f32/{variant}/{layer}_b{batch}`,
 //! `gemm_u8i8/{variant}/{M}x{N}x{K}`.
@@ -40,31 +41,37 @@ fn bench_convs(c: &mut Criterion) {
             println!("skipped: {} (this CPU lacks it)", tier.name());
             continue;
         };
-        for &(name, cin, cout, hw, ks, stride, pad) in LAYERS {
-            for n in [1usize, 8] {
-                if tier == Tier::Reference && n > 1 {
-                    continue;
+        let variants: &[(&str, usize)] =
+            if k.qgemm_variants().len() > 1 { &[("", 255), ("_w7", 128)] } else { &[("", 255)] };
+        for &(suffix, span) in variants {
+            for &(name, cin, cout, hw, ks, stride, pad) in LAYERS {
+                for n in [1usize, 8] {
+                    if tier == Tier::Reference && n > 1 {
+                        continue;
+                    }
+                    let geom = QConvGeom { n, cin, cout, h: hw, w: hw, kernel: [ks, ks], stride: [stride; 2], pad };
+                    let [oh, ow] = geom.out_hw().unwrap();
+                    let w: Vec<i8> =
+                        (0..cout * cin * ks * ks).map(|i| ((i * 7 % span) as i32 - span as i32 / 2) as i8).collect();
+                    let plan = QConv2dPlan::new(&k, geom, &w, &[0]).unwrap();
+                    let layout = *plan.input_layouts().next().unwrap();
+                    let x: Vec<f32> = (0..n * cin * hw * hw).map(|i| (i % 97) as f32 * 0.02 - 1.0).collect();
+                    let q = ActQ { delta: 0.01, zero_point: 128, bits: 8 };
+                    let mut qx = vec![0u8; layout.len()];
+                    quantize_c4(&k, &x, cin, 0, Activation::None, q, &layout, &mut qx);
+                    let scale = vec![1e-4f32; cout];
+                    let mut y = vec![0f32; n * cout * oh * ow];
+                    let mut scratch = vec![0f32; plan.scratch_len(&k)];
+                    let macs = (n * cout * cin * ks * ks * oh * ow) as u64;
+                    g.throughput(Throughput::Elements(macs));
+                    let id = BenchmarkId::new(format!("{}{suffix}", tier.name()), format!("{name}_b{n}"));
+                    g.bench_with_input(id, &(), |bch, _| {
+                        bch.iter(|| {
+                            let inp = [QInput { data: &qx, zero_point: 128, scale: &scale }];
+                            qconv2d(&k, &plan, &inp, None, QOutput::F32(&mut y), &mut scratch)
+                        })
+                    });
                 }
-                let geom = QConvGeom { n, cin, cout, h: hw, w: hw, kernel: [ks, ks], stride: [stride; 2], pad };
-                let [oh, ow] = geom.out_hw().unwrap();
-                let w: Vec<i8> = (0..cout * cin * ks * ks).map(|i| (i * 7 % 255) as i8).collect();
-                let plan = QConv2dPlan::new(&k, geom, &w, &[0]).unwrap();
-                let layout = *plan.input_layouts().next().unwrap();
-                let x: Vec<f32> = (0..n * cin * hw * hw).map(|i| (i % 97) as f32 * 0.02 - 1.0).collect();
-                let q = ActQ { delta: 0.01, zero_point: 128, bits: 8 };
-                let mut qx = vec![0u8; layout.len()];
-                quantize_c4(&k, &x, cin, 0, Activation::None, q, &layout, &mut qx);
-                let scale = vec![1e-4f32; cout];
-                let mut y = vec![0f32; n * cout * oh * ow];
-                let mut scratch = vec![0f32; plan.scratch_len(&k)];
-                let macs = (n * cout * cin * ks * ks * oh * ow) as u64;
-                g.throughput(Throughput::Elements(macs));
-                g.bench_with_input(BenchmarkId::new(tier.name(), format!("{name}_b{n}")), &(), |bch, _| {
-                    bch.iter(|| {
-                        let inp = [QInput { data: &qx, zero_point: 128, scale: &scale }];
-                        qconv2d(&k, &plan, &inp, None, QOutput::F32(&mut y), &mut scratch)
-                    })
-                });
             }
         }
     }
@@ -112,24 +119,30 @@ fn bench_gemm(c: &mut Criterion) {
         .measurement_time(std::time::Duration::from_secs(2));
     for &tier in Tier::compiled() {
         let Some(k) = Kernels::for_tier(tier) else { continue };
-        let kern = k.qgemm();
-        for (m, n, kk) in [(128usize, 1024usize, 1152usize), (256, 256, 2304), (256, 512, 2304), (256, 64, 2304)] {
-            if tier == Tier::Reference && m * n * kk > 200_000_000 {
-                continue;
+        for (kern, [lo, hi]) in k.qgemm_variants() {
+            let suffix = if lo > i8::MIN { "_w7" } else { "" };
+            for (m, n, kk) in [(128usize, 1024usize, 1152usize), (256, 256, 2304), (256, 512, 2304), (256, 64, 2304)] {
+                if tier == Tier::Reference && m * n * kk > 200_000_000 {
+                    continue;
+                }
+                let kg = kk / 4;
+                let span = i32::from(hi) - i32::from(lo) + 1;
+                let w: Vec<i8> = (0..m * kk).map(|i| (i32::from(lo) + (i % 251) as i32 % span) as i8).collect();
+                let b: Vec<u8> = (0..kg * n * 4).map(|i| (i % 253) as u8).collect();
+                let offs: Vec<usize> = (0..kg).map(|g| g * n * 4).collect();
+                let p = PackedQ::new(kern, &w, m, kg);
+                let scale = vec![1e-3f32; m];
+                let mut out = vec![0f32; m * n];
+                let mut s = vec![0f32; qgemm_scratch_len(kern, kg)];
+                let ep = QEpilogue { scale: Some(&scale), zero_point: 128, bias: None, accumulate: false };
+                g.throughput(Throughput::Elements((m * n * kk) as u64));
+                let id = BenchmarkId::new(format!("{}{suffix}", tier.name()), format!("{m}x{n}x{kk}"));
+                g.bench_with_input(id, &(), |bch, _| {
+                    bch.iter(|| {
+                        qgemm(kern, p.view(), &b, &offs, n, MatMut { data: &mut out, rs: n, cs: 1 }, &ep, &mut s)
+                    })
+                });
             }
-            let kg = kk / 4;
-            let w: Vec<i8> = (0..m * kk).map(|i| (i % 251) as i8).collect();
-            let b: Vec<u8> = (0..kg * n * 4).map(|i| (i % 253) as u8).collect();
-            let offs: Vec<usize> = (0..kg).map(|g| g * n * 4).collect();
-            let p = PackedQ::new(kern, &w, m, kg);
-            let scale = vec![1e-3f32; m];
-            let mut out = vec![0f32; m * n];
-            let mut s = vec![0f32; qgemm_scratch_len(kern, kg)];
-            let ep = QEpilogue { scale: Some(&scale), zero_point: 128, bias: None, accumulate: false };
-            g.throughput(Throughput::Elements((m * n * kk) as u64));
-            g.bench_with_input(BenchmarkId::new(tier.name(), format!("{m}x{n}x{kk}")), &(), |bch, _| {
-                bch.iter(|| qgemm(kern, p.view(), &b, &offs, n, MatMut { data: &mut out, rs: n, cs: 1 }, &ep, &mut s))
-            });
         }
     }
     g.finish();

@@ -1,12 +1,12 @@
 //! One UNet evaluation of the CIFAR-10 DDPM architecture (35.7 M parameters, 32×32) and of
-//! fmnist-ddpm, f32 vs W8A8 vs W4A8 of the same graph, at batch 1 and 8, on 1 and 2 threads.
+//! fmnist-ddpm, f32 vs W8A8 vs W7A8 vs W4A8 of the same graph, at batch 1 and 8, on 1 and 2 threads.
 //! Throughput is in images.
 //!
 //! The models are files: `benches/tools/unet_models.sh DIR` writes them (random weights of the
 //! real shapes — speed depends on shapes only — quantized with `--recon none`); point
 //! `EDADM_BENCH_MODELS` at DIR. Without it the bench prints a `skipped:` line.
 //!
-//! Groups: `unet/{model}-{f32|w8a8|w4a8}/b{batch}_t{threads}`.
+//! Groups: `unet/{model}-{f32|w8a8|w7a8|w4a8}/b{batch}_t{threads}`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use edadm_runtime::{Model, Session, SessionOptions};
@@ -21,7 +21,7 @@ fn bench_unet(c: &mut Criterion) {
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(3));
     for arch in ["cifar10", "fmnist"] {
-        for kind in ["f32", "w8a8", "w4a8"] {
+        for kind in ["f32", "w8a8", "w7a8", "w4a8"] {
             let path = dir.join(format!("{arch}-{kind}.edq"));
             let Ok(model) = Model::open(&path) else {
                 println!("skipped: {} (missing)", path.display());

@@ -12,6 +12,7 @@ ranges from a few random (x_t, t)), and times one UNet evaluation of every conte
 
   edadm W8A8   `edadm bench MODELS/ARCH-w8a8.edq --json` (the integer runtime)
   ORT INT8     the QDQ model in onnxruntime (all graph optimisations)
+  (--reduce-range) edadm W7A8 (MODELS/ARCH-w7a8.edq) and ORT INT8 with 7-bit weights
   edadm f32    `edadm bench MODELS/ARCH-f32.edq --json`
   ORT FP32     the exported f32 model in onnxruntime
   PyTorch FP32 the module itself (inference mode)
@@ -55,12 +56,12 @@ def inputs(arch, batch, seed):
     return rng.standard_normal((batch, c, r, r)).astype(np.float32), rng.integers(0, 1000, batch).astype(np.float32)
 
 
-def export(arch, m, work, calib_n, reduce_range):
+def export(arch, m, work, calib_n, reduce_ranges):
+    """The f32 ONNX model and one QDQ model per entry of `reduce_ranges` (False: 8-bit weights, True: 7-bit)."""
     import torch
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     fp = os.path.join(work, f'{arch}-fp32.onnx')
-    q8 = os.path.join(work, f'{arch}-int8.onnx')
     x, t = inputs(arch, 2, 0)
     torch.onnx.export(m, (torch.from_numpy(x), torch.from_numpy(t)), fp, input_names=['x', 't'],
                       output_names=['eps'], dynamic_axes={'x': {0: 'n'}, 't': {0: 'n'}, 'eps': {0: 'n'}},
@@ -73,11 +74,15 @@ def export(arch, m, work, calib_n, reduce_range):
         def get_next(self):
             return self.items.pop() if self.items else None
 
-    quantize_static(fp, q8, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    op_types_to_quantize=['Conv', 'MatMul', 'Gemm'], calibrate_method=CalibrationMethod.MinMax,
-                    reduce_range=reduce_range)
-    return fp, q8
+    qs = []
+    for rr in reduce_ranges:
+        q = os.path.join(work, f'{arch}-int8{"-rr" if rr else ""}.onnx')
+        quantize_static(fp, q, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=['Conv', 'MatMul', 'Gemm'], calibrate_method=CalibrationMethod.MinMax,
+                        reduce_range=rr)
+        qs.append(q)
+    return fp, qs
 
 
 def ort_session(path, threads):
@@ -120,23 +125,33 @@ def main():
     ap.add_argument('--runs', type=int, default=20, help='timed calls per contender and round')
     ap.add_argument('--warmup', type=int, default=3)
     ap.add_argument('--calib', type=int, default=16, help='random (x_t, t) for the MinMax ranges')
-    ap.add_argument('--reduce-range', action='store_true', help='7-bit weights (ORT advice for CPUs without VNNI)')
+    ap.add_argument('--reduce-range', action='store_true',
+                    help='also edadm W7A8 (MODELS/ARCH-w7a8.edq) beside ORT INT8 with 7-bit weights (reduce_range, '
+                         "ONNX Runtime's advice for CPUs without VNNI, where its u8×s8 products may saturate)")
+    ap.add_argument('--no-fp', action='store_true', help='only the integer contenders')
     ap.add_argument('--work', default=None, help='folder for the ONNX files (default: a temporary one)')
     ap.add_argument('--json', default=None, help='also write every measurement here')
     a = ap.parse_args()
-    for p in [a.edadm] + [os.path.join(a.models, f'{x}-{k}.edq') for x in a.arch for k in ('f32', 'w8a8')]:
+    kinds = ('w8a8',) + (('w7a8',) if a.reduce_range else ()) + (() if a.no_fp else ('f32',))
+    for p in [a.edadm] + [os.path.join(a.models, f'{x}-{k}.edq') for x in a.arch for k in kinds]:
         if not os.path.isfile(p):
             sys.exit(f'peers.py: {p}: no such file (build edadm; write the models with benches/tools/unet_models.sh)')
     import torch, onnxruntime
     torch.set_num_threads(a.threads)
     work = a.work or tempfile.mkdtemp(prefix='edadm-peers-')
     os.makedirs(work, exist_ok=True)
-    names = ['edadm W8A8', 'ORT INT8', 'edadm f32', 'ORT FP32', 'PyTorch FP32']
+    names = ['edadm W8A8', 'ORT INT8']
+    if a.reduce_range:
+        names += ['edadm W7A8', 'ORT INT8 7-bit w']
+    if not a.no_fp:
+        names += ['edadm f32', 'ORT FP32', 'PyTorch FP32']
     rows, record = [], []
     for arch in a.arch:
         m = torch_model(arch, a.shared)
-        fp, q8 = export(arch, m, work, a.calib, a.reduce_range)
-        sessions = {'ORT INT8': ort_session(q8, a.threads), 'ORT FP32': ort_session(fp, a.threads)}
+        fp, qs = export(arch, m, work, a.calib, [False] + ([True] if a.reduce_range else []))
+        sessions = {'ORT INT8': ort_session(qs[0], a.threads), 'ORT FP32': ort_session(fp, a.threads)}
+        if a.reduce_range:
+            sessions['ORT INT8 7-bit w'] = ort_session(qs[1], a.threads)
         for b in a.batch:
             x, t = inputs(arch, b, 1)
             feed = {'x': x, 't': t}
@@ -150,6 +165,10 @@ def main():
                 'edadm W8A8': lambda: edadm_bench(a.edadm, os.path.join(a.models, f'{arch}-w8a8.edq'), b, a.threads,
                                                   a.runs),
                 'ORT INT8': lambda: time_calls(lambda: sessions['ORT INT8'].run(None, feed), a.warmup, a.runs),
+                'edadm W7A8': lambda: edadm_bench(a.edadm, os.path.join(a.models, f'{arch}-w7a8.edq'), b, a.threads,
+                                                  a.runs),
+                'ORT INT8 7-bit w': lambda: time_calls(lambda: sessions['ORT INT8 7-bit w'].run(None, feed), a.warmup,
+                                                       a.runs),
                 'edadm f32': lambda: edadm_bench(a.edadm, os.path.join(a.models, f'{arch}-f32.edq'), b, a.threads,
                                                  a.runs),
                 'ORT FP32': lambda: time_calls(lambda: sessions['ORT FP32'].run(None, feed), a.warmup, a.runs),
@@ -167,13 +186,14 @@ def main():
                                    for n in names}))
     print(f'\n{a.threads} threads, median of {a.rounds} alternating rounds of {a.runs} calls (minimum), ms per UNet '
           f'evaluation; onnxruntime {onnxruntime.__version__}, torch {torch.__version__}\n')
-    print('| model | batch | ' + ' | '.join(names) + ' | ORT INT8 / edadm W8A8 | ORT FP32 / edadm f32 |')
-    print('|---' * (len(names) + 4) + '|')
+    pairs = [('ORT INT8', 'edadm W8A8'), ('ORT INT8 7-bit w', 'edadm W7A8'), ('ORT FP32', 'edadm f32')]
+    pairs = [(p, e) for p, e in pairs if p in names]
+    print('| model | batch | ' + ' | '.join(names) + ' | ' + ' | '.join(f'{p} / {e}' for p, e in pairs) + ' |')
+    print('|---' * (len(names) + len(pairs) + 2) + '|')
     for arch, b, res in rows:
         cells = [f'{res[n][0]:.2f} ({res[n][1]:.2f})' for n in names]
-        r8 = res['ORT INT8'][0] / res['edadm W8A8'][0]
-        r32 = res['ORT FP32'][0] / res['edadm f32'][0]
-        print(f'| {arch} | {b} | ' + ' | '.join(cells) + f' | {r8:.2f}× | {r32:.2f}× |')
+        ratios = [f'{res[p][0] / res[e][0]:.2f}×' for p, e in pairs]
+        print(f'| {arch} | {b} | ' + ' | '.join(cells + ratios) + ' |')
     if a.json:
         with open(a.json, 'w') as f:
             json.dump(dict(threads=a.threads, rounds=a.rounds, runs=a.runs, onnxruntime=onnxruntime.__version__,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Writes the models of benches/benches/unet.rs into DIR: the CIFAR-10 DDPM and fmnist-ddpm
-# architectures with random weights (f32), quantized to W8A8 and W4A8 without reconstruction
+# architectures with random weights (f32), quantized to W8A8, W7A8 and W4A8 without reconstruction
 # (16 random calibration samples from 10-step DDIM trajectories: enough for valid activation
 # ranges; speed depends only on the shapes). About 3 minutes on 2 cores.
 #   benches/tools/unet_models.sh /tmp/unet-models && EDADM_BENCH_MODELS=/tmp/unet-models cargo bench -p edadm-benches --bench unet
@@ -13,7 +13,7 @@ E=target/release/edadm
 for arch in cifar10 fmnist; do
   preset=$arch; [ "$arch" = fmnist ] && preset=fmnist-ddpm
   [ -f "$dir/$arch-f32.edq" ] || $E import --family ddpm --preset "$preset" --random-weights 1 -o "$dir/$arch-f32.edq"
-  for w in 8 4; do
+  for w in 8 7 4; do
     o="$dir/$arch-w${w}a8.edq"
     [ -f "$o" ] || $E quantize "$dir/$arch-f32.edq" --calib random --n-calib 16 --steps 10 --sample-batch 8 \
       --recon none --wbits $w --holdout 8 -o "$o"

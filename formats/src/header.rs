@@ -10,8 +10,9 @@ pub const MAGIC: [u8; 8] = *b"\x89EDQ\r\n\x1a\n";
 /// The major version this crate reads and writes. A reader rejects any other major.
 pub const VERSION_MAJOR: u16 = 1;
 /// The highest minor version this crate writes: 1 adds the time-step table of the activation
-/// quantizers (files without one are still written as minor 0).
-pub const VERSION_MINOR: u16 = 1;
+/// quantizers, 2 weight records of 5 to 7 bits (each file is written with the lowest minor
+/// that can read it).
+pub const VERSION_MINOR: u16 = 2;
 /// Written as a little-endian `u32`; read back as `0x04030201` it reveals a big-endian file.
 pub const BYTE_ORDER_MARK: u32 = 0x0102_0304;
 /// Size of the header in this major version.

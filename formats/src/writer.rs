@@ -243,8 +243,17 @@ impl<'d> FileBuilder<'d> {
         let file_length = data_offset + data_length;
         let header = Header {
             version_major: VERSION_MAJOR,
-            // Minor 1 only where a minor-0 reader could not read the file: a time-step table.
-            version_minor: if self.graph.step_groups.is_some() { VERSION_MINOR } else { 0 },
+            // The lowest minor whose readers can read the file: 2 for 5- to 7-bit weight
+            // records, 1 for a time-step table, else 0.
+            version_minor: if self.graph.nodes.iter().any(
+                |n| matches!(&n.quant, Some(crate::graph::NodeQuant::Weight(w)) if (5..=7).contains(&w.weight_bits)),
+            ) {
+                VERSION_MINOR
+            } else if self.graph.step_groups.is_some() {
+                1
+            } else {
+                0
+            },
             alignment: self.alignment,
             file_length,
             metadata: infos[0],

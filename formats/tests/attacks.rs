@@ -608,9 +608,18 @@ fn malformed_quantization_records() {
     };
     let e = attack(|b| {
         let q = quant_body(b, "attn.q");
-        b[q] = 5;
+        b[q] = 9;
     });
-    assert!(matches!(graph_problem(&e), GraphProblem::Quant(m) if m.contains("weight bits 5")), "{e}");
+    assert!(matches!(graph_problem(&e), GraphProblem::Quant(m) if m.contains("weight bits 9")), "{e}");
+    // 5 to 7 bits exist from minor 2 on: in this minor-0 file they are refused.
+    let e = attack(|b| {
+        let q = quant_body(b, "attn.q");
+        b[q] = 7;
+    });
+    assert!(
+        matches!(graph_problem(&e), GraphProblem::Quant(m) if m.contains("weight bits 7: needs format minor 2")),
+        "{e}"
+    );
     let e = attack(|b| {
         let q = quant_body(b, "attn.q");
         // group 0: start, scales, flag, then delta (f32), zp, bits

@@ -49,7 +49,7 @@ impl Gen<'_> {
         if self.below(2) == 0 {
             return (self.float(shape), None);
         }
-        let bits = if self.below(2) == 0 { 4 } else { 8 };
+        let bits = [4, 5, 6, 7, 8][self.below(5) as usize];
         let w = self.add(if bits == 4 { DType::I4 } else { DType::I8 }, shape);
         let n_groups = if in_ch >= 2 && !grouped { 1 + self.below(2) as u32 } else { 1 };
         let quantized_input = self.below(4) != 0;

@@ -125,3 +125,32 @@ fn hostile_tables_are_refused_by_the_reader() {
     let e = attack(&|b| wr_u32(b, table + 16, 0));
     assert!(e.to_string().contains("time-step table"), "{e}");
 }
+
+#[test]
+fn seven_bit_weights_are_minor_2_and_other_widths_are_refused() {
+    // attn.q has an 8-bit record over an i8 tensor: as 5, 6 and 7 bits the file is minor 2.
+    for bits in [5u8, 6, 7] {
+        let mut b = tiny_model(true);
+        let n = b.graph_mut().nodes.iter_mut().find(|n| n.name == "attn.q").unwrap();
+        let Some(edadm_format::graph::NodeQuant::Weight(w)) = &mut n.quant else {
+            panic!("attn.q has a weight record")
+        };
+        w.weight_bits = bits;
+        let bytes = b.to_bytes().unwrap();
+        let f = ModelFile::parse(&bytes[..]).unwrap();
+        f.verify().unwrap();
+        assert_eq!(f.header().version_minor, 2, "{bits} bits");
+        assert_eq!(f.graph(), b.graph());
+    }
+    // 3 and 9 bits are no weight width; 7 bits over an i4 tensor is the wrong dtype.
+    for (node, bits) in [("attn.q", 3u8), ("attn.q", 9), ("conv_in", 7)] {
+        let mut b = tiny_model(true);
+        let n = b.graph_mut().nodes.iter_mut().find(|n| n.name == node).unwrap();
+        let Some(edadm_format::graph::NodeQuant::Weight(w)) = &mut n.quant else {
+            panic!("{node} has a weight record")
+        };
+        w.weight_bits = bits;
+        let e = refused(&b);
+        assert!(e.contains(node) && (e.contains("weight bits") || e.contains("i8")), "{node} {bits}: {e}");
+    }
+}

@@ -141,6 +141,9 @@ pub struct Kernels {
     tier: Tier,
     sgemm: SgemmKernel,
     qgemm: QgemmKernel,
+    /// A faster u8×i8 microkernel that is exact only for weights in `[−64, 63]` (7- and 4-bit
+    /// layers), where the tier has one.
+    qgemm_w7: Option<QgemmKernel>,
 }
 
 impl Kernels {
@@ -173,7 +176,12 @@ impl Kernels {
             Tier::I8mm => crate::aarch64::QGEMM_I8MM,
             _ => crate::reference::QGEMM_REF,
         };
-        Some(Kernels { tier, sgemm, qgemm })
+        let qgemm_w7 = match tier {
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx2 | Tier::Avx512 => Some(crate::x86_64::QGEMM_AVX2_W7),
+            _ => None,
+        };
+        Some(Kernels { tier, sgemm, qgemm, qgemm_w7 })
     }
 
     /// The tier the table was built for.
@@ -186,9 +194,26 @@ impl Kernels {
         &self.sgemm
     }
 
-    /// The u8×i8 GEMM microkernel.
+    /// The u8×i8 GEMM microkernel (any i8 weights; attention's run-time operands).
     pub fn qgemm(&self) -> &QgemmKernel {
         &self.qgemm
+    }
+
+    /// The u8×i8 microkernel for the weights `w`: on tiers without VNNI (AVX2, AVX-512F), a
+    /// `vpmaddubsw` kernel when every weight lies in `[−64, 63]` — exact there, and about 1.7×
+    /// the multiply rate — else [`Kernels::qgemm`]. Every variant gives the same bits.
+    pub fn qgemm_for(&self, w: &[i8]) -> &QgemmKernel {
+        match &self.qgemm_w7 {
+            Some(k7) if w.iter().all(|&x| (-64..=63).contains(&x)) => k7,
+            _ => &self.qgemm,
+        }
+    }
+
+    /// Every u8×i8 microkernel of the tier with the weight range it is exact for.
+    pub fn qgemm_variants(&self) -> Vec<(&QgemmKernel, [i8; 2])> {
+        let mut v = vec![(&self.qgemm, [i8::MIN, i8::MAX])];
+        v.extend(self.qgemm_w7.as_ref().map(|k| (k, [-64, 63])));
+        v
     }
 
     /// The SIMD tier of quantization, norms, softmax and element-wise ops.
@@ -197,10 +222,11 @@ impl Kernels {
     }
 
     /// The variant each op runs, as `(ops, variant)` pairs.
-    pub fn ops(&self) -> [(&'static str, &'static str); 3] {
+    pub fn ops(&self) -> [(&'static str, &'static str); 4] {
         [
             ("f32 conv/linear/attention", self.sgemm.name),
             ("u8×i8 conv/linear/attention", self.qgemm.name),
+            ("u8×i8 conv/linear, weights in [−64, 63]", self.qgemm_w7.as_ref().unwrap_or(&self.qgemm).name),
             ("quantize, norms, softmax, element-wise", self.tier.simd().name()),
         ]
     }
@@ -240,7 +266,12 @@ pub fn select() -> Result<Kernels, DispatchError> {
 
 /// The scalar reference table.
 pub fn reference() -> Kernels {
-    Kernels { tier: Tier::Reference, sgemm: crate::reference::SGEMM_REF, qgemm: crate::reference::QGEMM_REF }
+    Kernels {
+        tier: Tier::Reference,
+        sgemm: crate::reference::SGEMM_REF,
+        qgemm: crate::reference::QGEMM_REF,
+        qgemm_w7: None,
+    }
 }
 
 static KERNELS: OnceLock<Result<Kernels, DispatchError>> = OnceLock::new();

@@ -336,6 +336,17 @@ fn quantize_with_each_activation_initialisation() {
     let r = edadm(&[&plain[..], &["--wbits", "4", "--iters", "2", "-o", w4.to_str().unwrap()]].concat());
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(meta(&w4)["metadata"]["quant.reconstruction"], "block");
+    // 7-bit weights: no reconstruction by default, a minor-2 file; widths outside 4–8 refused
+    // with one line and no output.
+    let w7 = d.join("w7.edq");
+    let r = edadm(&[&plain[..], &["--wbits", "7", "-o", w7.to_str().unwrap()]].concat());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(meta(&w7)["metadata"]["quant.reconstruction"], "none");
+    assert_eq!(meta(&w7)["header"]["version"], "1.2");
+    let w9 = d.join("w9.edq");
+    let r = edadm(&[&plain[..], &["--wbits", "9", "-o", w9.to_str().unwrap()]].concat());
+    assert_one_line_error(&r, 1, "--wbits 9: 4 to 8 are supported");
+    assert!(!w9.exists());
     let v = meta(&def);
     assert_eq!(v["metadata"]["quant.reconstruction"], "none");
     assert_eq!(v["metadata"]["quant.act_init"], "percentile 99.999");

@@ -21,6 +21,8 @@ pub(crate) struct GraphOffsets {
     pub(crate) nodes: Vec<u64>,
     /// The time-step table, when present.
     pub(crate) steps: Option<u64>,
+    /// The file's minor version (5- to 7-bit weight records need 2).
+    pub(crate) minor: u16,
 }
 
 fn unknown(what: &'static str, code: u32, offset: u64) -> FormatError {
@@ -248,7 +250,7 @@ fn encode_quant(e: &mut Encoder, q: &NodeQuant) {
 /// from minor 1 on; in a minor-0 file bytes after the nodes are trailing bytes).
 pub(crate) fn decode_graph(bytes: &[u8], base: u64, minor: u16) -> Result<(Graph, GraphOffsets), FormatError> {
     let mut c = Cursor::new(bytes, base, "graph section");
-    let mut offs = GraphOffsets { section: base, ..Default::default() };
+    let mut offs = GraphOffsets { section: base, minor, ..Default::default() };
     let at = c.offset();
     let num_values = c.u32()?;
     if u64::from(num_values) > limits::MAX_VALUES {

@@ -320,10 +320,10 @@ fn weight_dtypes(n: &Node) -> Result<(&'static [DType], &'static str), GraphProb
     Ok(match &n.quant {
         None => (FLOAT, "f32 or f16 (no quantization record)"),
         Some(NodeQuant::Weight(w)) => match w.weight_bits {
-            8 => (&[DType::I8], "i8 (8-bit weights)"),
+            5..=8 => (&[DType::I8], "i8 (5- to 8-bit weights)"),
             4 => (&[DType::I4], "i4 (4-bit weights)"),
             b => {
-                return Err(GraphProblem::Quant(format!("weight bits {b}: must be 4 or 8")));
+                return Err(GraphProblem::Quant(format!("weight bits {b}: must be 4 to 8")));
             }
         },
         Some(NodeQuant::Attention(_)) => {
@@ -333,6 +333,15 @@ fn weight_dtypes(n: &Node) -> Result<(&'static [DType], &'static str), GraphProb
 }
 
 fn check_op(cx: &Ctx<'_>, n: &Node) -> Result<(), GraphProblem> {
+    if let (Some(NodeQuant::Weight(w)), Some(o)) = (&n.quant, cx.offs)
+        && (5..=7).contains(&w.weight_bits)
+        && o.minor < 2
+    {
+        return Err(GraphProblem::Quant(format!(
+            "weight bits {}: needs format minor 2 (the file is minor {})",
+            w.weight_bits, o.minor
+        )));
+    }
     let name = n.op.name();
     match &n.op {
         Op::Conv2d(c) => {

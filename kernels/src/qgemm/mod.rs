@@ -459,6 +459,56 @@ pub fn qgemm(
     qgemm_from(kern, a, Src::Offsets(b, offs), n, c, ep, scratch);
 }
 
+/// Columns that are whole output rows of a stride-1 convolution read in place: compact column
+/// `j` (row `r = j / len`, image `r / per_img`, row `r % per_img` in it) is padded-grid column
+/// `(r / per_img)·img_stride + (r % per_img)·row_stride + j % len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowMap {
+    /// Columns per row (the output width); a multiple of the kernel's NR.
+    pub len: usize,
+    /// Rows per image.
+    pub per_img: usize,
+    /// Padded-grid columns from one row to the next.
+    pub row_stride: usize,
+    /// Padded-grid columns from one image to the next.
+    pub img_stride: usize,
+}
+
+impl RowMap {
+    /// The padded-grid column of compact column `j`.
+    pub fn padded(&self, j: usize) -> usize {
+        let r = j / self.len;
+        (r / self.per_img) * self.img_stride + (r % self.per_img) * self.row_stride + j % self.len
+    }
+}
+
+/// [`qgemm`] over the `n` compact columns of `rows` (a multiple of its row length): B is read
+/// in place at the padded-grid column [`RowMap::padded`] — no column between rows or images is
+/// computed, and no tile straddles two rows (`rows.len` is a multiple of NR).
+#[allow(clippy::too_many_arguments)]
+pub fn qgemm_rows(
+    kern: &QgemmKernel,
+    a: PackedQRef<'_>,
+    b: &[u8],
+    offs: &[usize],
+    rows: RowMap,
+    n: usize,
+    c: crate::gemm::MatMut<'_>,
+    ep: &QEpilogue<'_>,
+    scratch: &mut [f32],
+) {
+    assert_eq!(offs.len(), a.kg, "one offset per k-group");
+    assert!(
+        rows.len > 0 && rows.len.is_multiple_of(kern.nr) && n.is_multiple_of(rows.len),
+        "whole rows of whole tiles"
+    );
+    if a.m > 0 && n > 0 {
+        let last = rows.padded(n - 1) + 1;
+        assert!(offs.iter().all(|&o| o + 4 * last <= b.len()), "a k-group of B runs past its buffer");
+    }
+    qgemm_from(kern, a, Src::Rows(b, offs, rows), n, c, ep, scratch);
+}
+
 /// Fills columns `jb..je` of every k-group of a [`qgemm_gathered`] product into a packed block:
 /// the 4 bytes of column `j`, k-group `g` go to
 /// `block[((j − jb) / NR)·tile_bytes + g·4·NR + 4·((j − jb) % NR)]` (`tile_bytes = 4·kg·NR`).
@@ -490,6 +540,8 @@ enum Src<'a> {
     Offsets(&'a [u8], &'a [usize]),
     /// Gathered into the packed blocks.
     Gather(&'a dyn GatherB),
+    /// In place, compact columns of whole rows ([`qgemm_rows`]).
+    Rows(&'a [u8], &'a [usize], RowMap),
 }
 
 fn qgemm_from(
@@ -544,7 +596,8 @@ fn qgemm_from(
         if mc == mr && nc == w {
             let at = i0 * c.rs + j0;
             // SAFETY: the panel holds `kg` k-groups of MR rows; every `bptr + optr[g]` has 4·w
-            // readable bytes (in place: j0 + w ≤ n and `offs[g] + 4n ≤ b.len()`, checked;
+            // readable bytes (in place: j0 + w ≤ n and `offs[g] + 4n ≤ b.len()`, checked; row
+            // tiles: the tile lies in one row, at most the last column's `offs[g] + 4·(padded + 1)`;
             // packed: a tile of 4·NR bytes per k-group, a narrow one read at 4·w·s inside it);
             // the tile of C is inside `c.data` (checked above).
             unsafe { ukr(kg, ap.as_ptr(), bptr, optr, c.data.as_mut_ptr().add(at), c.rs, t, ep.accumulate) };
@@ -567,10 +620,12 @@ fn qgemm_from(
     let pack_all = match src {
         Src::Offsets(_, offs) => panels >= PACK_MIN_PANELS && pack_policy(offs, n),
         Src::Gather(_) => true,
+        Src::Rows(..) => false,
     };
     let pack = |jb: usize, je: usize, packed: &mut [u8]| match src {
         Src::Gather(g) => g.fill(jb, je, nr, &mut packed[..(je - jb).div_ceil(nr) * tile_bytes]),
         Src::Offsets(b, offs) => pack_block(b, offs, jb, je, 4 * nr, tile_bytes, packed),
+        Src::Rows(..) => unreachable!("row tiles are whole: nothing to pack"),
     };
     let full = n / nr * nr;
     // Blocks of column tiles whose packed B fits PACK_BUDGET (L2). Where the k-groups read
@@ -589,14 +644,38 @@ fn qgemm_from(
             pack(full, je, packed);
         }
         let packed: &[u8] = packed;
+        // Row tiles: the padded column of the block's first tile, then stepped tile by tile
+        // (no division per tile: with a short K a tile is only ~100 cycles).
+        let row_start = match src {
+            Src::Rows(_, _, rows) => Some((rows, rows.padded(jb), jb % rows.len, (jb / rows.len) % rows.per_img)),
+            _ => None,
+        };
         for p in 0..panels {
             tile_params(p, &mut t);
+            let mut row_at = row_start;
             for s in 0..ntiles {
                 let j0 = jb + s * nr;
                 let bp = if pack_all { packed[s * tile_bytes..].as_ptr() } else { packed.as_ptr() };
                 if j0 + nr <= n {
                     let (bp, optr) = match src {
                         Src::Offsets(b, offs) if !pack_all => (b[4 * j0..].as_ptr(), offs.as_ptr()),
+                        Src::Rows(b, offs, _) => {
+                            let (rows, jp, x, y) = row_at.as_mut().expect("row tiles");
+                            debug_assert_eq!(*jp, rows.padded(j0));
+                            let at = *jp;
+                            // Next tile: along the row, else the next row, else the next image.
+                            (*jp, *x) = (*jp + nr, *x + nr);
+                            if *x == rows.len {
+                                *x = 0;
+                                *y += 1;
+                                *jp += rows.row_stride - rows.len;
+                                if *y == rows.per_img {
+                                    *y = 0;
+                                    *jp += rows.img_stride - rows.per_img * rows.row_stride;
+                                }
+                            }
+                            (b[4 * at..].as_ptr(), offs.as_ptr())
+                        }
                         _ => (bp, kern.panel_offsets.as_ptr()),
                     };
                     tile_at(p, j0, nr, kern.ukr, bp, optr, &t, &mut c, tile);

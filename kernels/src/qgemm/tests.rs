@@ -17,20 +17,13 @@ impl Rng {
     }
 }
 
+/// A microkernel with the weight range it is exact for ([`crate::Kernels::qgemm_variants`]).
+type Variant<'a> = (&'a QgemmKernel, [i8; 2]);
+
 /// Runs one product and compares it with the definition; B rows are `[kg][n + pad][4]` at a
-/// misaligned start, with the extreme values 0/255 and −128/127 forced in.
+/// misaligned start, with the extreme values 0/255 and the variant's weight bounds forced in.
 #[allow(clippy::too_many_arguments)]
-fn check(
-    k: &crate::Kernels,
-    m: usize,
-    kg: usize,
-    n: usize,
-    zp: i32,
-    bias: bool,
-    acc: bool,
-    misalign: usize,
-    seed: u64,
-) {
+fn check(k: Variant<'_>, m: usize, kg: usize, n: usize, zp: i32, bias: bool, acc: bool, misalign: usize, seed: u64) {
     check_strided(k, m, kg, n, zp, bias, acc, misalign, seed, 4 * (n + 3));
 }
 
@@ -38,7 +31,7 @@ fn check(
 /// runs overlap, as the taps of a spatial convolution do (B is then read in place).
 #[allow(clippy::too_many_arguments)]
 fn check_strided(
-    k: &crate::Kernels,
+    (kern, [lo, hi]): Variant<'_>,
     m: usize,
     kg: usize,
     n: usize,
@@ -49,12 +42,12 @@ fn check_strided(
     seed: u64,
     stride: usize,
 ) {
-    let kern = k.qgemm();
     let mut r = Rng(seed | 1);
-    let mut w: Vec<i8> = (0..m * kg * 4).map(|_| r.byte() as i8).collect();
-    w[0] = -128;
+    let span = i32::from(hi) - i32::from(lo) + 1;
+    let mut w: Vec<i8> = (0..m * kg * 4).map(|_| (i32::from(lo) + i32::from(r.byte()) % span) as i8).collect();
+    w[0] = lo;
     if w.len() > 1 {
-        w[1] = 127;
+        w[1] = hi;
     }
     let mut b: Vec<u8> = (0..misalign + (kg - 1) * stride + 4 * n).map(|_| r.byte()).collect();
     b[misalign] = 0;
@@ -95,35 +88,52 @@ fn check_strided(
 
 #[test]
 fn every_tier_matches_the_definition_bit_for_bit() {
-    for_each_tier(|k| {
-        let (mr, nr) = (k.qgemm().mr, k.qgemm().nr);
-        let mut seed = 1;
-        for m in [1, mr - 1, mr, mr + 1, 2 * mr + 3] {
-            // Past the last full panel, narrow tiles: whole (16, nr + 16) and partial ones.
-            for n in [1, 16, 33, nr - 1, nr, nr + 1, nr + 16, nr + 40, 3 * nr + 2] {
-                for kg in [1, 2, 3, 17] {
-                    seed += 1;
-                    check(k, m, kg, n, 128, false, false, 0, seed);
+    for_each_tier(|kt| {
+        for k in kt.qgemm_variants() {
+            let (mr, nr) = (k.0.mr, k.0.nr);
+            let mut seed = 1;
+            for m in [1, mr - 1, mr, mr + 1, 2 * mr + 3] {
+                // Past the last full panel, narrow tiles: whole (16, nr + 16) and partial ones.
+                for n in [1, 16, 33, nr - 1, nr, nr + 1, nr + 16, nr + 40, 3 * nr + 2] {
+                    for kg in [1, 2, 3, 17] {
+                        seed += 1;
+                        check(k, m, kg, n, 128, false, false, 0, seed);
+                    }
                 }
             }
+            for (zp, bias, acc, mis) in
+                [(0, true, false, 1), (255, true, true, 3), (127, false, true, 2), (37, true, false, 0)]
+            {
+                seed += 1;
+                check(k, 2 * mr + 1, 299, 2 * nr + 5, zp, bias, acc, mis, seed);
+            }
+            // A deep K: the largest |acc| of a CIFAR-10 decoder conv (K = 3456).
+            check(k, mr, 864, nr, 128, true, false, 0, 99);
+            // Packed B (at least 8 row panels): several column blocks (a block holds 256 KiB of
+            // packed B) with a partial tile, and one block.
+            check(k, 8 * mr + 2, 864, 12 * nr + 3, 3, true, true, 1, 100);
+            check(k, 8 * mr + 1, 299, 2 * nr + 5, 255, false, true, 3, 101);
+            // Overlapping k-group runs (read in place, only the partial tile packed), one and
+            // several blocks.
+            for (n, kg, stride) in [(nr + 5, 17, 12), (3 * nr + 1, 9, 4 * nr), (12 * nr + 7, 864, 8)] {
+                seed += 1;
+                check_strided(k, mr + 1, kg, n, 200, true, true, 2, seed, stride);
+            }
         }
-        for (zp, bias, acc, mis) in
-            [(0, true, false, 1), (255, true, true, 3), (127, false, true, 2), (37, true, false, 0)]
-        {
-            seed += 1;
-            check(k, 2 * mr + 1, 299, 2 * nr + 5, zp, bias, acc, mis, seed);
-        }
-        // A deep K: the largest |acc| of a CIFAR-10 decoder conv (K = 3456).
-        check(k, mr, 864, nr, 128, true, false, 0, 99);
-        // Packed B (at least 8 row panels): several column blocks (a block holds 256 KiB of
-        // packed B) with a partial tile, and one block.
-        check(k, 8 * mr + 2, 864, 12 * nr + 3, 3, true, true, 1, 100);
-        check(k, 8 * mr + 1, 299, 2 * nr + 5, 255, false, true, 3, 101);
-        // Overlapping k-group runs (read in place, only the partial tile packed), one and
-        // several blocks.
-        for (n, kg, stride) in [(nr + 5, 17, 12), (3 * nr + 1, 9, 4 * nr), (12 * nr + 7, 864, 8)] {
-            seed += 1;
-            check_strided(k, mr + 1, kg, n, 200, true, true, 2, seed, stride);
+    });
+}
+
+#[test]
+fn the_kernel_for_weights_checks_every_weight() {
+    for_each_tier(|k| {
+        let mut w = vec![63i8; 4096];
+        w[..2048].fill(-64);
+        let narrow = k.qgemm_variants().into_iter().find(|v| v.1 == [-64, 63]);
+        let want = narrow.map_or(k.qgemm().name, |v| v.0.name);
+        assert_eq!(k.qgemm_for(&w).name, want);
+        for bad in [-65, 64, i8::MIN, i8::MAX] {
+            w[4095] = bad;
+            assert_eq!(k.qgemm_for(&w).name, k.qgemm().name, "{bad} must take the full-range kernel");
         }
     });
 }
@@ -141,25 +151,27 @@ fn packing_keeps_the_row_sums() {
 
 #[test]
 fn raw_mode_gives_exact_i32_even_beyond_f32_integers() {
-    for_each_tier(|k| {
-        let kern = k.qgemm();
-        let (m, kg, n) = (kern.mr + 1, 700, kern.nr + 2);
-        // All weights −128, all activations 255, zp 0: |acc| = 128·255·2800 > 2²⁴.
-        let w = vec![-128i8; m * kg * 4];
-        let b = vec![255u8; kg * n * 4];
-        let offs: Vec<usize> = (0..kg).map(|g| g * n * 4).collect();
-        let p = PackedQ::new(kern, &w, m, kg);
-        let mut c = vec![0f32; m * n];
-        let mut scratch = vec![0f32; qgemm_scratch_len(kern, kg)];
-        let ep = QEpilogue { scale: None, zero_point: 0, bias: None, accumulate: false };
-        qgemm(kern, p.view(), &b, &offs, n, MatMut { data: &mut c, rs: n, cs: 1 }, &ep, &mut scratch);
-        let want = -128 * 255 * 4 * kg as i32;
-        assert!(c.iter().all(|v| v.to_bits() as i32 == want), "{}", kern.name);
-        // Accumulating adds in i32.
-        let ep = QEpilogue { accumulate: true, zero_point: 1, ..ep };
-        qgemm(kern, p.view(), &b, &offs, n, MatMut { data: &mut c, rs: n, cs: 1 }, &ep, &mut scratch);
-        let want2 = want + (-128 * 254 * 4 * kg as i32);
-        assert!(c.iter().all(|v| v.to_bits() as i32 == want2), "{} accumulate", kern.name);
+    for_each_tier(|kt| {
+        for (kern, [lo, _]) in kt.qgemm_variants() {
+            let (m, kg, n) = (kern.mr + 1, 700, kern.nr + 2);
+            // All weights at the variant's lowest (−128, −64), all activations 255, zp 0: |acc| =
+            // 64·255·2800 > 2²⁴, every pair sum at the extreme.
+            let w = vec![lo; m * kg * 4];
+            let b = vec![255u8; kg * n * 4];
+            let offs: Vec<usize> = (0..kg).map(|g| g * n * 4).collect();
+            let p = PackedQ::new(kern, &w, m, kg);
+            let mut c = vec![0f32; m * n];
+            let mut scratch = vec![0f32; qgemm_scratch_len(kern, kg)];
+            let ep = QEpilogue { scale: None, zero_point: 0, bias: None, accumulate: false };
+            qgemm(kern, p.view(), &b, &offs, n, MatMut { data: &mut c, rs: n, cs: 1 }, &ep, &mut scratch);
+            let want = i32::from(lo) * 255 * 4 * kg as i32;
+            assert!(c.iter().all(|v| v.to_bits() as i32 == want), "{}", kern.name);
+            // Accumulating adds in i32.
+            let ep = QEpilogue { accumulate: true, zero_point: 1, ..ep };
+            qgemm(kern, p.view(), &b, &offs, n, MatMut { data: &mut c, rs: n, cs: 1 }, &ep, &mut scratch);
+            let want2 = want + (i32::from(lo) * 254 * 4 * kg as i32);
+            assert!(c.iter().all(|v| v.to_bits() as i32 == want2), "{} accumulate", kern.name);
+        }
     });
 }
 

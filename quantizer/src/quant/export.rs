@@ -105,7 +105,7 @@ pub fn build(source: &Model, q: &QModel, meta: Vec<(String, MetaValue)>) -> Resu
                 let w = q.weight(ni).expect("weighted");
                 let ints = op_layout_ints(w);
                 let (dtype, bytes) = match w.bits {
-                    8 => (DType::I8, ints.iter().map(|&v| v as u8).collect::<Vec<u8>>()),
+                    5..=8 => (DType::I8, ints.iter().map(|&v| v as u8).collect::<Vec<u8>>()),
                     4 => (DType::I4, pack_i4(&ints)),
                     b => return Err(QuantError::Invalid(format!("{b}-bit weights cannot be stored"))),
                 };

@@ -154,7 +154,7 @@ pub enum NodeQ {
 /// Options that decide the quantized model's structure.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Structure {
-    /// Weight bits (8 or 4).
+    /// Weight bits (4 to 8; 4-bit weights are stored as nibbles, 5–8 as bytes).
     pub wbits: u32,
     /// Activation bits (8).
     pub abits: u32,
@@ -219,8 +219,8 @@ impl QModel {
     /// at the concatenation's first part. `channels` gives the channel count of values (from
     /// one FP forward). Activation quantizers are placeholders until [`QModel::init_acts`].
     pub fn new(net: &Net, s: Structure, channels: &HashMap<ValueId, usize>) -> Result<QModel> {
-        if !matches!(s.wbits, 4 | 8) {
-            return Err(QuantError::Invalid(format!("--wbits {}: 8 or 4 are supported", s.wbits)));
+        if !(4..=8).contains(&s.wbits) {
+            return Err(QuantError::Invalid(format!("--wbits {}: 4 to 8 are supported", s.wbits)));
         }
         if s.abits != 8 {
             return Err(QuantError::Invalid(format!(

@@ -17,7 +17,7 @@ use edadm_kernels::ops::attention::AttentionShape;
 use edadm_kernels::ops::conv::{self, ConvTransposeGeom};
 use edadm_kernels::ops::elementwise::{Binary, SinusoidOrder as KSinOrder};
 use edadm_kernels::ops::qattention::QAttention;
-use edadm_kernels::ops::qconv::{self, QConvGeom};
+use edadm_kernels::ops::qconv::{self, ConvMode, QConvGeom};
 use edadm_kernels::ops::quant::{ActQ, C4};
 
 use crate::error::{Result, RuntimeError};
@@ -453,10 +453,14 @@ pub(crate) fn step_variant(s: &Step<'_>, k: &Kernels) -> (&'static str, String) 
             "conv u8×i8",
             format!(
                 "{} ({}{}{}{}{})",
-                k.qgemm().name,
+                plan.kernel().name,
                 if *pre { "quantized by the norm, " } else { "" },
                 if *upsample > 1 { "upsampled by the quantization, " } else { "" },
-                if plan.is_direct() { "in place" } else { "gathered" },
+                match plan.mode() {
+                    ConvMode::Rows => "in place, row tiles",
+                    ConvMode::Direct => "in place",
+                    ConvMode::Gathered => "gathered",
+                },
                 if groups.len() > 1 { format!(", {} input groups", groups.len()) } else { String::new() },
                 match add {
                     Some((_, true)) => ", + residual",
@@ -465,7 +469,7 @@ pub(crate) fn step_variant(s: &Step<'_>, k: &Kernels) -> (&'static str, String) 
                 }
             ),
         ),
-        Step::QConvT { .. } => ("conv_transpose u8×i8", k.qgemm().name.to_string()),
+        Step::QConvT { plan, .. } => ("conv_transpose u8×i8", plan.kernel().name.to_string()),
         Step::QAttention { .. } => ("attention u8×i8", format!("{} + {simd} softmax", k.qgemm().name)),
     }
 }
