@@ -22,7 +22,8 @@ pub struct QuantizeArgs {
     /// The FP model (`.edq`).
     model: PathBuf,
     /// Weight bits, 4 to 8 (the first time-embedding linear and the output conv always get 8). 7
-    /// runs 1.2–1.4× faster on CPUs without VNNI (AVX2, AVX-512F): every product fits `vpmaddubsw`.
+    /// multiplies 1.2–1.6× faster on CPUs without VNNI (AVX2, AVX-512F): every product fits
+    /// `vpmaddubsw` exactly.
     #[arg(long, default_value_t = 8)]
     wbits: u32,
     /// Activation bits (8 is what the integer kernels take).
