@@ -2,7 +2,18 @@
 //! immutably, all without allocation and without `unsafe`. The planner guarantees that a step's
 //! inputs never overlap its output or scratch; a violation is a planner bug and panics.
 
-use crate::plan::Slot;
+/// A place in the arena, in floats. Offsets are multiples of 16 (64 bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub(crate) off: usize,
+    pub(crate) len: usize,
+}
+
+impl Slot {
+    pub(crate) fn end(&self) -> usize {
+        self.off + self.len
+    }
+}
 
 /// Read access to the arena outside a step's mutable slots.
 pub(crate) struct Reader<'a> {

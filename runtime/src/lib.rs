@@ -1,6 +1,12 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+// Module map (no cycles; docs/ARCHITECTURE.md):
+//   error ← arena (Slot, step buffers) ← plan (steps, shapes, fusion, layout) → model (mmap +
+//   validated graph) → sampler::schedule; session (executes steps; impl Denoiser) → plan,
+//   arena, model, sampler::Denoiser; sampler (loops over dyn Denoiser) → error; bench → session,
+//   sampler.
+
 mod arena;
 pub mod bench;
 mod error;

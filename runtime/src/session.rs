@@ -451,3 +451,19 @@ fn conv_out<'a>(y: &'a mut [f32], add: Option<(u32, bool)>, r: &Reader<'a>, slot
         Some((v, false)) => QOutput::F32Add(y, Addend::PerChannel(r.get(slots[v as usize]))),
     }
 }
+
+impl crate::sampler::Denoiser for Session<'_> {
+    fn batch(&self) -> usize {
+        Session::batch(self)
+    }
+    fn sample_len(&self) -> usize {
+        Session::sample_len(self)
+    }
+    fn prediction(&self) -> edadm_format::graph::Prediction {
+        self.model().prediction()
+    }
+    fn eval(&mut self, x: &[f32], t: &[f32], out: &mut [f32]) -> Result<()> {
+        out.copy_from_slice(self.run(x, t)?);
+        Ok(())
+    }
+}

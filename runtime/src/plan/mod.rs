@@ -27,18 +27,7 @@ mod float;
 mod fuse;
 mod quant;
 
-/// A place in the arena, in floats. Offsets are multiples of 16 (64 bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Slot {
-    pub(crate) off: usize,
-    pub(crate) len: usize,
-}
-
-impl Slot {
-    pub(crate) fn end(&self) -> usize {
-        self.off + self.len
-    }
-}
+pub(crate) use crate::arena::Slot;
 
 /// Packed weights, or a parameter vector read in place from the file when it is f32 and aligned.
 pub(crate) type Floats<'m> = Cow<'m, [f32]>;

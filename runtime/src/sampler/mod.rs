@@ -17,7 +17,6 @@ pub use schedule::{Schedule, Skip, linear_betas, linspace, timesteps};
 use edadm_format::graph::Prediction;
 
 use crate::error::{Result, RuntimeError};
-use crate::session::Session;
 
 /// Something that predicts from a noisy batch: a session, a guided session, a test double.
 pub trait Denoiser {
@@ -29,22 +28,6 @@ pub trait Denoiser {
     fn prediction(&self) -> Prediction;
     /// Evaluates the network on `x` at timesteps `t` (one per image) into `out`.
     fn eval(&mut self, x: &[f32], t: &[f32], out: &mut [f32]) -> Result<()>;
-}
-
-impl Denoiser for Session<'_> {
-    fn batch(&self) -> usize {
-        Session::batch(self)
-    }
-    fn sample_len(&self) -> usize {
-        Session::sample_len(self)
-    }
-    fn prediction(&self) -> Prediction {
-        self.model().prediction()
-    }
-    fn eval(&mut self, x: &[f32], t: &[f32], out: &mut [f32]) -> Result<()> {
-        out.copy_from_slice(self.run(x, t)?);
-        Ok(())
-    }
 }
 
 /// The sampling algorithm.
