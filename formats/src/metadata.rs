@@ -299,14 +299,6 @@ impl Metadata {
         }
     }
 
-    /// The float value of `key`, if it is one.
-    pub fn get_f64(&self, key: &str) -> Option<f64> {
-        match self.get(key)? {
-            MetaValue::F64(v) => Some(*v),
-            _ => None,
-        }
-    }
-
     /// The boolean value of `key`, if it is one.
     pub fn get_bool(&self, key: &str) -> Option<bool> {
         match self.get(key)? {

@@ -103,11 +103,6 @@ impl<'d> FileBuilder<'d> {
         Ok(())
     }
 
-    /// The metadata, for editing.
-    pub fn metadata_mut(&mut self) -> &mut Metadata {
-        &mut self.metadata
-    }
-
     /// Replaces the metadata.
     pub fn set_metadata(&mut self, metadata: Metadata) {
         self.metadata = metadata;

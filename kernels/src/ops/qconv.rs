@@ -18,8 +18,7 @@ use crate::qgemm::{
     GatherB, PackedQ, QEpilogue, QgemmKernel, RowMap, qgemm, qgemm_gathered, qgemm_rows, qgemm_scratch_len,
 };
 
-use super::act::Activation;
-use super::quant::{ActQ, C4, quantize_strided_c4};
+use super::quant::C4;
 
 mod transpose;
 pub use transpose::{QConvTranspose2dPlan, qconv_transpose2d};
@@ -33,18 +32,6 @@ pub enum QOutput<'a> {
     /// connection or a per-image channel offset fused into the convolution): the same f32 sums
     /// as [`QOutput::F32`] followed by a separate addition.
     F32Add(&'a mut [f32], Addend<'a>),
-    /// Requantized straight into the next node's input: `act`, then `q`, into `layout`
-    /// (`c = cout`, `n = N`, `h = oh`, `w = ow`, any padding; `data` is `layout.len()` bytes).
-    U8 {
-        /// The quantized buffer.
-        data: &'a mut [u8],
-        /// Its layout.
-        layout: C4,
-        /// The next node's quantizer.
-        q: ActQ,
-        /// Activation applied before quantizing.
-        act: Activation,
-    },
 }
 
 /// What [`QOutput::F32Add`] adds to the convolution's output.
@@ -67,13 +54,6 @@ impl QOutput<'_> {
                     Addend::Full(a) => assert!(a.len() >= n * c * oh * ow, "added tensor too short"),
                     Addend::PerChannel(a) => assert!(a.len() >= n * c, "added channel values too short"),
                 }
-            }
-            QOutput::U8 { data, layout, .. } => {
-                assert!(
-                    layout.c == c && layout.n == n && layout.h == oh && layout.w == ow,
-                    "requantized output layout {layout:?} for [{n}, {c}, {oh}, {ow}]"
-                );
-                assert_eq!(data.len(), layout.len(), "requantized output length");
             }
         }
     }
@@ -390,12 +370,8 @@ pub fn qconv2d_par(
     }
     let panels = cout.div_ceil(kern.mr);
     // Column parts of the threads in the gathered mode, in whole output rows (a compaction run
-    // never crosses two parts): none for requantized outputs, for the in-place mode, or when
-    // there are too few columns.
-    let split_cols = plan.mode == ConvMode::Gathered
-        && threads > 1
-        && !matches!(out, QOutput::U8 { .. })
-        && cols >= COLUMN_SPLIT_MIN * threads;
+    // never crosses two parts): none for the in-place modes, or when there are too few columns.
+    let split_cols = plan.mode == ConvMode::Gathered && threads > 1 && cols >= COLUMN_SPLIT_MIN * threads;
     let bounds = |t: usize| split(cols, threads, t, ow);
     let column_split = split_cols.then_some(&bounds);
     let gs = SharedMut::new(gemm_scratch);
@@ -529,10 +505,6 @@ pub fn qconv2d_par(
     match out {
         QOutput::F32(y) => compact(y, None),
         QOutput::F32Add(y, add) => compact(y, Some(add)),
-        QOutput::U8 { data, layout, q, act } => {
-            assert!(column_split.is_none(), "requantized outputs read the rows' layout");
-            quantize_strided_c4(k, flat, [cols, img, row], act, q, &layout, data)
-        }
     }
 }
 

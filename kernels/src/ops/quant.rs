@@ -324,44 +324,6 @@ fn put_plane(
     }
 }
 
-crate::simd::multiversion! {
-    /// Quantizes `x` after `act` into `out` (`layout.len()` bytes, padding included), element
-    /// (channel `c`, image `b`, row `y`, column `x`) read at `c·strides[0] + b·strides[1] +
-    /// y·strides[2] + x`: the requantizing epilogue of the integer convolutions, whose results
-    /// are channel-major.
-    pub fn quantize_strided_c4(x: &[f32], strides: [usize; 3], act: Activation, q: ActQ, layout: &C4, out: &mut [u8]) => quantize_strided_c4_generic
-}
-
-#[inline(always)]
-fn quantize_strided_c4_generic(
-    x: &[f32],
-    [cs, bs, ys]: [usize; 3],
-    act: Activation,
-    q: ActQ,
-    layout: &C4,
-    out: &mut [u8],
-) {
-    let C4 { c, n, h, w, pad } = *layout;
-    assert_eq!(out.len(), layout.len(), "quantize_c4: output length");
-    if layout.is_empty() {
-        return;
-    }
-    assert!((c - 1) * cs + (n - 1) * bs + (h - 1) * ys + w <= x.len(), "quantize_c4: input too short");
-    out.fill(q.zero_point);
-    for g in 0..layout.groups() {
-        for b in 0..n {
-            for y in 0..h {
-                let row = |t: usize| {
-                    let ch = 4 * g + t;
-                    (ch < c).then(|| &x[ch * cs + b * bs + y * ys..][..w])
-                };
-                let at = layout.word(g, b, y + pad[0], pad[2]);
-                put_rows([row(0), row(1), row(2), row(3)], act, q, &mut out[at..at + 4 * w]);
-            }
-        }
-    }
-}
-
 /// Columns normalised at a time by the fused kernels (a stack buffer per channel).
 const CHUNK: usize = 64;
 
@@ -480,65 +442,6 @@ fn group_norm_quantize_c4_generic(
                 (ch < c).then(|| &x[(b * c + ch) * hw..][..hw])
             };
             put_plane(layout, g, b, [plane(0), plane(1), plane(2), plane(3)], Some(coef), act, q, base_at, out);
-        }
-    }
-}
-
-crate::simd::multiversion! {
-    /// Layer normalisation over (C, H, W) of each image → `act` → quantization into `out`.
-    pub fn layer_norm_chw_quantize_c4(
-        x: &[f32],
-        eps: f32,
-        gamma: Option<&[f32]>,
-        beta: Option<&[f32]>,
-        act: Activation,
-        q: ActQ,
-        layout: &C4,
-        out: &mut [u8],
-    ) => layer_norm_chw_quantize_c4_generic
-}
-
-#[inline(always)]
-fn layer_norm_chw_quantize_c4_generic(
-    x: &[f32],
-    eps: f32,
-    gamma: Option<&[f32]>,
-    beta: Option<&[f32]>,
-    act: Activation,
-    q: ActQ,
-    layout: &C4,
-    out: &mut [u8],
-) {
-    let C4 { c, n, h, w, pad } = *layout;
-    let len = c * h * w;
-    assert!(x.len() >= n * len, "layer_norm_quantize: shapes");
-    assert_eq!(out.len(), layout.len(), "layer_norm_quantize: output length");
-    out.fill(q.zero_point);
-    let mut tmp = [[0f32; CHUNK]; 4];
-    for b in 0..n {
-        let img = &x[b * len..(b + 1) * len];
-        let (mean, var) = mean_var(img);
-        let inv = 1.0 / (var + eps).sqrt();
-        for g in 0..layout.groups() {
-            for y in 0..h {
-                for x0 in (0..w).step_by(CHUNK) {
-                    let cl = (w - x0).min(CHUNK);
-                    for (t, row) in tmp.iter_mut().enumerate() {
-                        let ch = 4 * g + t;
-                        if ch < c {
-                            let off = (ch * h + y) * w + x0;
-                            for (i, d) in row[..cl].iter_mut().enumerate() {
-                                let ga = gamma.map_or(1.0, |v| v[off + i]);
-                                let be = beta.map_or(0.0, |v| v[off + i]);
-                                *d = (img[off + i] - mean) * inv * ga + be;
-                            }
-                        }
-                    }
-                    let rows = [0, 1, 2, 3].map(|t| (4 * g + t < c).then(|| &tmp[t][..cl]));
-                    let at = layout.word(g, b, y + pad[0], pad[2] + x0);
-                    put_rows(rows, act, q, &mut out[at..at + 4 * cl]);
-                }
-            }
         }
     }
 }
@@ -671,13 +574,6 @@ mod tests {
                 quantize_c4_par(k, &y, c, 0, Activation::None, q, &l, &mut par, &pool);
                 assert_eq!(par, want, "quantize on {threads} threads");
             }
-
-            let g2 = data(c * h * w, 12);
-            let b2 = data(c * h * w, 13);
-            crate::ops::norm::layer_norm_chw(k, &x, n, c * h * w, 1e-5, Some(&g2), Some(&b2), Activation::Relu, &mut y);
-            let want = naive(&y, c, 0, Activation::None, q, &l);
-            layer_norm_chw_quantize_c4(k, &x, 1e-5, Some(&g2), Some(&b2), Activation::Relu, q, &l, &mut got);
-            assert_eq!(got, want, "layer norm {:?}", k.tier());
         });
     }
 }

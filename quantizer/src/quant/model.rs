@@ -439,11 +439,6 @@ impl QModel {
             })
             .collect()
     }
-
-    /// Quantized weighted nodes.
-    pub fn num_weighted(&self) -> usize {
-        self.nodes.iter().filter(|n| matches!(n, Some(NodeQ::Weight(_)))).count()
-    }
 }
 
 /// The node defining each value.

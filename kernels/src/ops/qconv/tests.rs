@@ -138,16 +138,6 @@ fn case(k: &Kernels, g: QConvGeom, splits: &[usize], seed: u64, wmax: f32) {
             );
         }
     }
-    // Requantized output: the f32 result through SiLU into a padded layout of the next node.
-    let (next, layout) =
-        (ActQ { delta: 0.02, zero_point: 37, bits: 8 }, C4 { c: g.cout, n: g.n, h: oh, w: ow, pad: [1, 0, 2, 1] });
-    let mut want_q = vec![0u8; layout.len()];
-    quantize_c4(&crate::reference(), &want, g.cout, 0, Activation::Silu, next, &layout, &mut want_q);
-    let mut got_q = vec![0xAAu8; layout.len() + 1];
-    scratch.fill(f32::NAN);
-    let out = QOutput::U8 { data: &mut got_q[1..], layout, q: next, act: Activation::Silu };
-    qconv2d(k, &plan, &inputs, Some(&bias), out, &mut scratch);
-    assert!(got_q[1..] == want_q[..], "{} {g:?}: requantized output differs", plan.kernel().name);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use super::{Addend, QInput, QOutput};
 use crate::Kernels;
 use crate::gemm::MatMut;
 use crate::ops::conv::ConvTransposeGeom;
-use crate::ops::quant::{C4, quantize_strided_c4};
+use crate::ops::quant::C4;
 use crate::qgemm::{PackedQ, QEpilogue, QgemmKernel, qgemm, qgemm_scratch_len};
 
 /// An integer transposed convolution: one GEMM with rows `(co, i, j)` (`A[(co, i, j), ci] =
@@ -164,14 +164,6 @@ pub fn qconv_transpose2d(
                 }
             }
         }
-        QOutput::U8 { data, layout, q, act } => {
-            for co in 0..cout {
-                for v in &mut acc[co * n * plane..(co + 1) * n * plane] {
-                    *v = epi(co, v.to_bits() as i32);
-                }
-            }
-            quantize_strided_c4(k, acc, [n * plane, plane, ow], act, q, &layout, data);
-        }
     }
 }
 
@@ -291,16 +283,6 @@ mod tests {
                     });
                     assert!(ok, "{} {geom:?}: the added output differs", plan.kernel().name);
                 }
-                let (next, layout) = (
-                    ActQ { delta: 0.05, zero_point: 3, bits: 8 },
-                    C4 { c: geom.cout, n, h: oh, w: ow, pad: [1, 1, 1, 1] },
-                );
-                let mut want_q = vec![0u8; layout.len()];
-                quantize_c4(&crate::reference(), &want, geom.cout, 0, Activation::Relu, next, &layout, &mut want_q);
-                let mut got_q = vec![0u8; layout.len()];
-                let out = QOutput::U8 { data: &mut got_q, layout, q: next, act: Activation::Relu };
-                qconv_transpose2d(k, &plan, input, Some(&bias), out, &mut scratch);
-                assert!(got_q == want_q, "{} {geom:?}: requantized output differs", plan.kernel().name);
             }
             assert!(
                 QConvTranspose2dPlan::new(k, 1, g(1, 1, 1, 2, 2, 2, 2, 0, 2).1, &[0; 4]).is_none(),
