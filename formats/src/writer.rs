@@ -103,6 +103,11 @@ impl<'d> FileBuilder<'d> {
         Ok(())
     }
 
+    /// The metadata, for editing (the crate README's example).
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
+    }
+
     /// Replaces the metadata.
     pub fn set_metadata(&mut self, metadata: Metadata) {
         self.metadata = metadata;
