@@ -1,6 +1,6 @@
 //! Test helpers: deterministic data, tolerant comparison, naive reference implementations of
-//! the composite ops (straight from their definitions, no blocking), and iteration over the
-//! kernel tiers this CPU can run.
+//! the composite ops (straight from their definitions, no blocking), and one test per kernel
+//! tier (the crate-internal `tier_test!`: `cargo test avx2` runs one tier).
 
 use crate::gemm::ConvGeom;
 use crate::{Kernels, Tier};
@@ -29,16 +29,74 @@ pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     }
 }
 
-/// Runs `f` for every tier compiled for this architecture; tiers the CPU lacks print a
-/// `skipped:` line instead.
-pub fn for_each_tier(mut f: impl FnMut(&Kernels)) {
-    for &tier in Tier::compiled() {
-        match Kernels::for_tier(tier) {
-            Some(k) => f(&k),
-            None => println!("skipped: {} (this CPU lacks it)", tier.name()),
-        }
+/// Runs `f` with the table of `tier`, or prints a `skipped:` line when this CPU (or an
+/// `EDADM_KERNELS` override's CPU) cannot run it.
+pub fn on_tier(tier: Tier, f: impl FnOnce(&Kernels)) {
+    match Kernels::for_tier(tier) {
+        Some(k) => f(&k),
+        None => println!("skipped: {} (this CPU lacks it)", tier.name()),
     }
 }
+
+/// One test per kernel tier, tract-style: `tier_test! { fn name(k) { … } }` becomes a module
+/// `name` with a `#[test]` per tier compiled for this architecture (`name::avx2`,
+/// `name::neon`, …), each running the body with that tier's [`Kernels`] as `k` — so
+/// `cargo test avx512vnni` runs one tier, and a failure names its tier. Tiers the CPU lacks print
+/// `skipped:`.
+#[allow(unused_macros)]
+macro_rules! tier_test {
+    ($(#[$attr:meta])* fn $name:ident($k:ident) $body:block) => {
+        $(#[$attr])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn tier_body($k: &$crate::Kernels) $body
+
+            #[test]
+            fn reference() {
+                $crate::testing::on_tier($crate::Tier::Reference, tier_body)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[test]
+            fn avx2() {
+                $crate::testing::on_tier($crate::Tier::Avx2, tier_body)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[test]
+            fn avxvnni() {
+                $crate::testing::on_tier($crate::Tier::AvxVnni, tier_body)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[test]
+            fn avx512() {
+                $crate::testing::on_tier($crate::Tier::Avx512, tier_body)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[test]
+            fn avx512vnni() {
+                $crate::testing::on_tier($crate::Tier::Avx512Vnni, tier_body)
+            }
+            #[cfg(target_arch = "aarch64")]
+            #[test]
+            fn neon() {
+                $crate::testing::on_tier($crate::Tier::Neon, tier_body)
+            }
+            #[cfg(target_arch = "aarch64")]
+            #[test]
+            fn dotprod() {
+                $crate::testing::on_tier($crate::Tier::Dotprod, tier_body)
+            }
+            #[cfg(target_arch = "aarch64")]
+            #[test]
+            fn i8mm() {
+                $crate::testing::on_tier($crate::Tier::I8mm, tier_body)
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use tier_test;
 
 /// Naive `C = A·B` for row-major `A (m×k)`, `B (k×n)`, accumulated in f64.
 pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {

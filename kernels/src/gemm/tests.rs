@@ -4,7 +4,7 @@
 use super::*;
 use crate::ops::attention::{AttentionShape, attention_spatial};
 use crate::ops::conv::*;
-use crate::testing::{self, assert_close, data, for_each_tier};
+use crate::testing::{self, assert_close, data};
 
 fn run_gemm(k: &crate::Kernels, m: usize, kk: usize, n: usize, bias: bool, acc: bool, cs_trans: bool, misalign: usize) {
     let kern = k.sgemm();
@@ -51,9 +51,8 @@ fn run_gemm(k: &crate::Kernels, m: usize, kk: usize, n: usize, bias: bool, acc: 
     assert_close(&got, &want, 2e-6 * (kk as f32).sqrt().max(1.0), &format!("{} m{m} k{kk} n{n}", kern.name));
 }
 
-#[test]
-fn sgemm_matches_the_naive_product_on_every_tier() {
-    for_each_tier(|k| {
+crate::testing::tier_test! {
+    fn sgemm_matches_the_naive_product_on_every_tier(k) {
         let (mr, nr, kc) = (k.sgemm().mr, k.sgemm().nr, k.sgemm().kc);
         for m in [1, mr - 1, mr, mr + 1, 2 * mr + 3] {
             for n in [1, nr - 1, nr, nr + 1, 3 * nr + 2] {
@@ -66,7 +65,7 @@ fn sgemm_matches_the_naive_product_on_every_tier() {
         run_gemm(k, mr + 2, 33, nr * 2, true, true, false, 3);
         run_gemm(k, mr + 2, 33, nr + 5, false, true, true, 2);
         run_gemm(k, 3, 1152, 64, true, false, false, 0);
-    });
+    }
 }
 
 fn conv_case(
@@ -94,9 +93,8 @@ fn conv_case(
     assert_close(&y, &want, 1e-5, &format!("{} conv {geom:?}", k.sgemm().name));
 }
 
-#[test]
-fn conv2d_matches_the_direct_convolution_on_every_tier() {
-    for_each_tier(|k| {
+crate::testing::tier_test! {
+    fn conv2d_matches_the_direct_convolution_on_every_tier(k) {
         conv_case(k, 2, 5, 7, 1, [9, 11], [3, 3], [1, 1], [1, 1], [1, 1, 1, 1]); // 3×3 pad 1
         conv_case(k, 1, 4, 6, 1, [8, 8], [3, 3], [2, 2], [1, 1], [0, 1, 0, 1]); // DDPM downsample
         conv_case(k, 2, 3, 5, 1, [7, 5], [1, 1], [1, 1], [1, 1], [0, 0, 0, 0]); // 1×1
@@ -107,12 +105,11 @@ fn conv2d_matches_the_direct_convolution_on_every_tier() {
         conv_case(k, 1, 5, 7, 1, [6, 40], [1, 3], [1, 1], [1, 1], [0, 0, 1, 1]); // wide rows, padding in width only
         conv_case(k, 1, 40, 33, 1, [3, 3], [3, 3], [1, 1], [1, 1], [1, 1, 1, 1]); // tiny image, many channels
         conv_case(k, 3, 16, 16, 1, [16, 16], [3, 3], [1, 1], [1, 1], [0, 0, 0, 0]); // valid convolution
-    });
+    }
 }
 
-#[test]
-fn conv_transpose2d_matches_its_definition() {
-    for_each_tier(|k| {
+crate::testing::tier_test! {
+    fn conv_transpose2d_matches_its_definition(k) {
         for (cin, cout, hw, ks, st, pad, opad) in [
             (3usize, 5usize, [3usize, 4usize], [2usize, 2usize], [2usize, 2usize], [0usize, 0usize], [0usize, 0usize]),
             (4, 2, [5, 5], [3, 3], [2, 2], [1, 1], [1, 0]),
@@ -168,12 +165,11 @@ fn conv_transpose2d_matches_its_definition() {
             conv_transpose2d(k, &x, n, &g, &packed, Some(&bias), &mut y, &mut scratch);
             assert_close(&y, &want, 1e-5, &format!("{} convT {g:?}", k.sgemm().name));
         }
-    });
+    }
 }
 
-#[test]
-fn attention_matches_its_definition() {
-    for_each_tier(|k| {
+crate::testing::tier_test! {
+    fn attention_matches_its_definition(k) {
         // (1, 4, 1, 300): one pair, several query tiles, split between the threads.
         for (n, channels, heads, l) in
             [(2usize, 8usize, 1usize, 16usize), (1, 12, 3, 70), (1, 4, 2, 130), (1, 4, 1, 300)]
@@ -196,5 +192,5 @@ fn attention_matches_its_definition() {
                 assert!(o.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads: {s:?}");
             }
         }
-    });
+    }
 }

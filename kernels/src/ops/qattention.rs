@@ -398,7 +398,7 @@ fn qgemm_offsets(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{data, for_each_tier};
+    use crate::testing::data;
 
     /// The fake-quant definition in f64: quantize q, k, v; exact integer logits; softmax;
     /// quantize P; exact integer P·V; dequantize.
@@ -443,8 +443,8 @@ mod tests {
         out
     }
 
-    #[test]
-    fn integer_attention_matches_fake_quant_and_is_identical_on_every_tier() {
+    crate::testing::tier_test! {
+    fn integer_attention_matches_fake_quant_and_is_identical_on_every_tier(kx) {
         let cases = [
             (2usize, 8usize, 1usize, 16usize, 512usize, false),
             (1, 12, 3, 70, 512, true),
@@ -475,7 +475,7 @@ mod tests {
             let scale = want.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
             let err = reference.iter().zip(&want).fold(0f32, |m, (g, w)| m.max((g - w).abs())) / scale;
             assert!(err < 0.02, "case {n} {channels} {heads} {tokens}: error {err}");
-            for_each_tier(|kx| {
+            {
                 let got = run(kx, &a, &q, &k, &v);
                 assert!(got.iter().zip(&reference).all(|(x, y)| x.to_bits() == y.to_bits()), "{:?} differs", kx.tier());
                 // Split between threads (heads, or query tiles when heads are fewer): same bits.
@@ -490,7 +490,8 @@ mod tests {
                         kx.tier()
                     );
                 }
-            });
+            }
         }
+    }
     }
 }

@@ -449,7 +449,7 @@ fn group_norm_quantize_c4_generic(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{data, for_each_tier};
+    use crate::testing::data;
 
     #[test]
     fn quantize_is_round_half_even_of_an_f32_division() {
@@ -494,9 +494,8 @@ mod tests {
         out
     }
 
-    #[test]
-    fn quantize_c4_matches_the_naive_layout_on_every_tier() {
-        for_each_tier(|k| {
+    crate::testing::tier_test! {
+        fn quantize_c4_matches_the_naive_layout_on_every_tier(k) {
             for (c, cx, ch0, n, h, w, pad, act) in [
                 (5usize, 7usize, 2usize, 2usize, 3usize, 70usize, [1usize, 1, 1, 1], Activation::Silu),
                 (8, 8, 0, 1, 4, 4, [0, 1, 0, 1], Activation::None),
@@ -509,13 +508,12 @@ mod tests {
                 quantize_c4(k, &x, cx, ch0, act, q, &l, &mut out);
                 assert_eq!(out, naive(&x, cx, ch0, act, q, &l), "{:?} {l:?}", k.tier());
             }
-        });
+        }
     }
 
-    #[test]
-    fn upsampled_quantization_is_the_upsampling_then_the_quantization() {
-        let pool = crate::pool::Pool::new(2).unwrap();
-        for_each_tier(|k| {
+    crate::testing::tier_test! {
+        fn upsampled_quantization_is_the_upsampling_then_the_quantization(k) {
+            let pool = crate::pool::Pool::new(2).unwrap();
             // (c, cx, ch0, n, source h, source w, factor, pad); 70 source columns span two chunks.
             for (c, cx, ch0, n, hs, ws, s, pad) in [
                 (5usize, 7usize, 2usize, 2usize, 3usize, 70usize, 2usize, [1usize, 1, 1, 1]),
@@ -535,12 +533,11 @@ mod tests {
                 quantize_c4_upsampled_par(k, &x, cx, ch0, s, q, &l, &mut out, &pool);
                 assert_eq!(out, want, "{:?} {l:?} on 2 threads", k.tier());
             }
-        });
+        }
     }
 
-    #[test]
-    fn fused_norms_quantize_what_the_separate_ops_compute() {
-        for_each_tier(|k| {
+    crate::testing::tier_test! {
+        fn fused_norms_quantize_what_the_separate_ops_compute(k) {
             let (n, c, h, w) = (2, 12, 5, 70);
             let l = C4 { c, n, h, w, pad: [1, 1, 1, 1] };
             let x: Vec<f32> = data(n * c * h * w, 9).iter().map(|v| v * 3.0 + 0.5).collect();
@@ -574,6 +571,6 @@ mod tests {
                 quantize_c4_par(k, &y, c, 0, Activation::None, q, &l, &mut par, &pool);
                 assert_eq!(par, want, "quantize on {threads} threads");
             }
-        });
+        }
     }
 }

@@ -133,7 +133,7 @@ pub struct QEpilogue<'a> {
 }
 
 /// Scratch (f32 elements) [`qgemm`] needs for `kg` k-groups: one packed block of `B`
-/// ([`pack_tiles`] column tiles) and a tile.
+/// (`pack_tiles` column tiles) and a tile.
 pub fn qgemm_scratch_len(kern: &QgemmKernel, kg: usize) -> usize {
     // `pack_tiles · 4·kg·NR` never exceeds this bound, which grows with `kg` (callers size one
     // scratch for their largest product).

@@ -269,7 +269,7 @@ impl PackedQ {
         PackedQ { data, bytes: n, m, kg, sums }
     }
 
-    /// A borrowed view for [`qgemm`].
+    /// A borrowed view for [`qgemm`](super::qgemm).
     pub fn view(&self) -> PackedQRef<'_> {
         PackedQRef {
             data: &bytemuck::cast_slice::<f32, u8>(&self.data)[..self.bytes],

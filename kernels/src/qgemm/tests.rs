@@ -2,7 +2,6 @@
 
 use super::*;
 use crate::gemm::MatMut;
-use crate::testing::for_each_tier;
 
 struct Rng(u64);
 impl Rng {
@@ -86,9 +85,8 @@ fn check_strided(
     }
 }
 
-#[test]
-fn every_tier_matches_the_definition_bit_for_bit() {
-    for_each_tier(|kt| {
+crate::testing::tier_test! {
+    fn every_tier_matches_the_definition_bit_for_bit(kt) {
         for k in kt.qgemm_variants() {
             let (mr, nr) = (k.0.mr, k.0.nr);
             let mut seed = 1;
@@ -120,12 +118,11 @@ fn every_tier_matches_the_definition_bit_for_bit() {
                 check_strided(k, mr + 1, kg, n, 200, true, true, 2, seed, stride);
             }
         }
-    });
+    }
 }
 
-#[test]
-fn the_kernel_for_weights_checks_every_weight() {
-    for_each_tier(|k| {
+crate::testing::tier_test! {
+    fn the_kernel_for_weights_checks_every_weight(k) {
         let mut w = vec![63i8; 4096];
         w[..2048].fill(-64);
         let narrow = k.qgemm_variants().into_iter().find(|v| v.1 == [-64, 63]);
@@ -135,23 +132,21 @@ fn the_kernel_for_weights_checks_every_weight() {
             w[4095] = bad;
             assert_eq!(k.qgemm_for(&w).name, k.qgemm().name, "{bad} must take the full-range kernel");
         }
-    });
+    }
 }
 
-#[test]
-fn packing_keeps_the_row_sums() {
-    for_each_tier(|k| {
+crate::testing::tier_test! {
+    fn packing_keeps_the_row_sums(k) {
         let w: Vec<i8> = (0..5 * 3 * 4).map(|i| (i * 37 % 256 - 128) as i8).collect();
         let p = PackedQ::new(k.qgemm(), &w, 5, 3);
         for r in 0..5 {
             assert_eq!(p.sums()[r], w[r * 12..r * 12 + 12].iter().map(|&x| i32::from(x)).sum::<i32>());
         }
-    });
+    }
 }
 
-#[test]
-fn raw_mode_gives_exact_i32_even_beyond_f32_integers() {
-    for_each_tier(|kt| {
+crate::testing::tier_test! {
+    fn raw_mode_gives_exact_i32_even_beyond_f32_integers(kt) {
         for (kern, [lo, _]) in kt.qgemm_variants() {
             let (m, kg, n) = (kern.mr + 1, 700, kern.nr + 2);
             // All weights at the variant's lowest (−128, −64), all activations 255, zp 0: |acc| =
@@ -172,7 +167,7 @@ fn raw_mode_gives_exact_i32_even_beyond_f32_integers() {
             let want2 = want + (i32::from(lo) * 254 * 4 * kg as i32);
             assert!(c.iter().all(|v| v.to_bits() as i32 == want2), "{} accumulate", kern.name);
         }
-    });
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use super::*;
 use crate::ops::act::Activation;
 use crate::ops::quant::{ActQ, quantize, quantize_c4};
-use crate::testing::{data, for_each_tier};
+use crate::testing::data;
 
 /// The definition: quantize x, then Σ (q − zp)·w exactly, then the shared epilogue.
 fn naive(
@@ -140,9 +140,8 @@ fn case(k: &Kernels, g: QConvGeom, splits: &[usize], seed: u64, wmax: f32) {
     }
 }
 
-#[test]
-fn integer_convolutions_match_the_definition_bit_for_bit() {
-    for_each_tier(|k| {
+crate::testing::tier_test! {
+    fn integer_convolutions_match_the_definition_bit_for_bit(k) {
         let g = |n, cin, cout, h, w, kk: usize, s: usize, pad| QConvGeom {
             n,
             cin,
@@ -172,5 +171,5 @@ fn integer_convolutions_match_the_definition_bit_for_bit() {
             // mid-image).
             case(k, g(2, 64, 6, 10, 48, 3, 1, [1, 1, 1, 1]), &[0], 12, wm);
         }
-    });
+    }
 }

@@ -172,7 +172,7 @@ mod tests {
     use super::*;
     use crate::ops::act::Activation;
     use crate::ops::quant::{ActQ, quantize, quantize_c4};
-    use crate::testing::{data, for_each_tier};
+    use crate::testing::data;
 
     /// A transposed convolution by its definition, then the shared epilogue.
     fn naive_transpose(
@@ -220,9 +220,8 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn integer_transposed_convolutions_match_the_definition_bit_for_bit() {
-        for_each_tier(|k| {
+    crate::testing::tier_test! {
+        fn integer_transposed_convolutions_match_the_definition_bit_for_bit(k) {
             let g = |n, cin, cout, h, w, kk: usize, s: usize, p: usize, op: usize| {
                 let geom = ConvTransposeGeom {
                     cin,
@@ -288,6 +287,6 @@ mod tests {
                 QConvTranspose2dPlan::new(k, 1, g(1, 1, 1, 2, 2, 2, 2, 0, 2).1, &[0; 4]).is_none(),
                 "output padding ≥ stride"
             );
-        });
+        }
     }
 }
