@@ -1,6 +1,7 @@
-//! The quantizer end to end on the shared models: exported files run by the runtime's integer
-//! path match the fake-quant forward (per node and whole network), reconstruction lowers the
-//! unit losses, and a resumed run equals an uninterrupted one.
+//! The quantizer end to end on the shared models (and, always, on the in-repo ones): exported
+//! files run by the runtime's integer path match the fake-quant forward (per node and whole
+//! network), reconstruction lowers the unit losses, and a resumed run equals an uninterrupted
+//! one.
 
 mod common;
 
@@ -480,4 +481,20 @@ fn bias_correction_removes_the_mean_output_error_of_rounded_weights() {
     assert!(sa < 0.2 * sb, "mean |shift| summed over layers: {sb:.3e} uncorrected, {sa:.3e} corrected");
     let corrected = weighted.iter().filter(|&&ni| fixed.weight(ni).unwrap().bias.is_some()).count();
     assert_eq!(corrected, weighted.len(), "every quantized conv and linear (transposed too) is corrected");
+}
+
+/// The parity on in-repo files, so that it never skips in a bare clone: the built-in fmnist-ddpm
+/// model (`models/fmnist-builtin.edq`, the shared model's architecture) at W8A8 and W4A8,
+/// and the format's tiny golden model (every op kind) at W8A8.
+#[test]
+fn in_repo_models_run_on_the_integer_runtime_like_the_fake_quant_forward() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let builtin = Model::open(root.join("models/fmnist-builtin.edq")).unwrap();
+    for wbits in [8, 4] {
+        let (net, q) = init_only(&builtin, wbits);
+        parity(&builtin, &net, &q, &format!("fmnist-builtin W{wbits}A8"));
+    }
+    let tiny = Model::open(root.join("formats/tests/golden/tiny-fp32.edq")).unwrap();
+    let (net, q) = init_only(&tiny, 8);
+    parity(&tiny, &net, &q, "tiny golden W8A8");
 }
