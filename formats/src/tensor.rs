@@ -191,6 +191,19 @@ const HOST_LE: bool = true;
 const HOST_LE: bool = false;
 
 impl<'a> TensorView<'a> {
+    /// The elements as f32, copied (f32) or converted (f16); `None` for integer dtypes.
+    pub fn to_f32_vec(&self) -> Option<Vec<f32>> {
+        match self.dtype {
+            DType::F32 => {
+                Some(self.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            }
+            DType::F16 => {
+                Some(self.data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
+            }
+            _ => None,
+        }
+    }
+
     /// Number of elements.
     pub fn numel(&self) -> u64 {
         // Validated at parse: the product does not overflow.

@@ -10,10 +10,8 @@
 use std::ops::Range;
 
 use candle_core::{D, DType as CDType, Device, Tensor};
-use edadm_format::DType;
 use edadm_format::graph::{
-    AttentionLayout, FreqDenominator, GeluApprox, Graph, InputKind, LayerNormAxes, Op, Pad, SinusoidOrder, TensorId,
-    TimestepEmbedding, ValueId,
+    AttentionLayout, GeluApprox, Graph, InputKind, LayerNormAxes, Op, Pad, TensorId, TimestepEmbedding, ValueId,
 };
 use edadm_runtime::Model;
 
@@ -28,14 +26,12 @@ impl From<candle_core::Error> for QuantError {
 /// Reads a f32 or f16 tensor of the model as f32.
 pub fn read_f32(model: &Model, t: TensorId) -> Result<Vec<f32>> {
     let v = model.file().tensor(t).ok_or_else(|| QuantError::Invalid(format!("tensor {} missing", t.0)))?;
-    match v.dtype {
-        DType::F32 => Ok(v.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
-        DType::F16 => Ok(v.data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
-        d => Err(QuantError::Invalid(format!(
-            "tensor `{}` is {d}: only f32/f16 models can be quantized (is this file already quantized?)",
-            v.name
-        ))),
-    }
+    v.to_f32_vec().ok_or_else(|| {
+        QuantError::Invalid(format!(
+            "tensor `{}` is {}: only f32/f16 models can be quantized (is this file already quantized?)",
+            v.name, v.dtype
+        ))
+    })
 }
 
 /// A node's parameters as tensors.
@@ -96,7 +92,7 @@ pub trait Hooks {
     }
     /// The quantizers `(Δ, zp, qmax)` of an attention node's q, k, v and probabilities, when it
     /// should compute as the integer runtime does (through [`Hooks::runtime_kernels`]).
-    fn attention_integer(&self, _node: usize) -> Option<[(f32, f32, f32); 4]> {
+    fn attention_integer(&self, _node: usize) -> Option<[edadm_kernels::ops::quant::ActQ; 4]> {
         None
     }
 }
@@ -452,14 +448,12 @@ impl Net {
                 match *te {
                     TimestepEmbedding::Sinusoidal { order, denominator, max_period, .. } => {
                         let mut y = vec![0f32; t.len() * dim];
+                        let (order, half_minus_one) = edadm_runtime::convert::sinusoid(order, denominator);
                         edadm_kernels::ops::elementwise::timestep_sinusoid(
                             &t,
                             dim,
-                            match order {
-                                SinusoidOrder::SinCos => edadm_kernels::ops::elementwise::SinusoidOrder::SinCos,
-                                SinusoidOrder::CosSin => edadm_kernels::ops::elementwise::SinusoidOrder::CosSin,
-                            },
-                            denominator == FreqDenominator::HalfMinusOne,
+                            order,
+                            half_minus_one,
                             max_period,
                             &mut y,
                         );
@@ -538,23 +532,12 @@ impl Net {
                 norm::layer_norm_chw(k, &xs, n, len, ln.eps, g.as_deref(), b.as_deref(), Activation::None, &mut y);
             }
             Op::Silu | Op::Relu | Op::Sigmoid | Op::Gelu(_) => {
-                let a = match node.op {
-                    Op::Silu => Activation::Silu,
-                    Op::Relu => Activation::Relu,
-                    Op::Sigmoid => Activation::Sigmoid,
-                    Op::Gelu(GeluApprox::Erf) => Activation::GeluErf,
-                    _ => Activation::GeluTanh,
-                };
+                let a = edadm_runtime::convert::activation(&node.op).expect("an activation op");
                 edadm_kernels::ops::act::apply_to(k, a, &xs, &mut y);
             }
             Op::Attention(a) if a.layout == AttentionLayout::Spatial => {
                 let Some(qs) = hooks.attention_integer(ni) else { return Ok(None) };
                 let (n, c, h, w) = x.dims4()?;
-                let aq = |(d, z, m): (f32, f32, f32)| edadm_kernels::ops::quant::ActQ {
-                    delta: d,
-                    zero_point: z as u8,
-                    bits: ((m + 1.0).log2().round()) as u8,
-                };
                 let qa = edadm_kernels::ops::qattention::QAttention {
                     n,
                     channels: c,
@@ -562,10 +545,10 @@ impl Net {
                     tokens: h * w,
                     scale: a.scale,
                     scale_before: a.scale_placement == edadm_format::graph::ScalePlacement::BeforeQuantization,
-                    q: aq(qs[0]),
-                    k: aq(qs[1]),
-                    v: aq(qs[2]),
-                    p: aq(qs[3]),
+                    q: qs[0],
+                    k: qs[1],
+                    v: qs[2],
+                    p: qs[3],
                     key_tile: 256,
                 };
                 let kv = to_vec(&self.get(env, node.inputs[1], ni)?)?;

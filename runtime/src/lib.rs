@@ -9,6 +9,7 @@
 
 mod arena;
 pub mod bench;
+pub mod convert;
 mod error;
 mod model;
 mod plan;

@@ -248,12 +248,12 @@ impl Hooks for QHooks<'_> {
         self.kernels.as_ref()
     }
 
-    fn attention_integer(&self, ni: usize) -> Option<[(f32, f32, f32); 4]> {
+    fn attention_integer(&self, ni: usize) -> Option<[edadm_kernels::ops::quant::ActQ; 4]> {
         if self.train.is_some() || self.ranges.is_some() || self.ints.is_none() {
             return None;
         }
         match &self.q.nodes[ni] {
-            Some(super::model::NodeQ::Attention(a)) => Some(a.map(|q| (q.delta, q.zero_point, q.qmax()))),
+            Some(super::model::NodeQ::Attention(a)) => Some(a.map(|q| edadm_runtime::convert::act_q(&q.to_format()))),
             _ => None,
         }
     }

@@ -165,16 +165,10 @@ pub(super) fn build_step<'m>(
                 .map_err(|_| shape_err(node, format!("the timestep must be [N], got {:?}", ins[0])))?;
             let dim = te.dim() as usize;
             let step = match *te {
-                TimestepEmbedding::Sinusoidal { order, denominator, max_period, .. } => Step::Sinusoid {
-                    t: v(0),
-                    dim,
-                    order: match order {
-                        SinusoidOrder::SinCos => KSinOrder::SinCos,
-                        SinusoidOrder::CosSin => KSinOrder::CosSin,
-                    },
-                    half_minus_one: denominator == FreqDenominator::HalfMinusOne,
-                    max_period,
-                },
+                TimestepEmbedding::Sinusoidal { order, denominator, max_period, .. } => {
+                    let (order, half_minus_one) = crate::convert::sinusoid(order, denominator);
+                    Step::Sinusoid { t: v(0), dim, order, half_minus_one, max_period }
+                }
                 TimestepEmbedding::Table { table, .. } => {
                     let rows = model.file().tensor(table).expect("validated").shape[0] as usize;
                     Step::Table { t: v(0), dim, rows, table: floats(model, table) }

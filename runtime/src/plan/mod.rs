@@ -6,8 +6,7 @@ use std::borrow::Cow;
 
 use edadm_format::DType;
 use edadm_format::graph::{
-    AttentionLayout, FreqDenominator, GeluApprox, InputKind, LayerNormAxes, Node, Op, Pad, SinusoidOrder, TensorId,
-    TimestepEmbedding, ValueId,
+    AttentionLayout, InputKind, LayerNormAxes, Node, Op, Pad, TensorId, TimestepEmbedding, ValueId,
 };
 use edadm_format::graph::{NodeQuant, WeightQuant};
 use edadm_kernels::Kernels;
@@ -270,18 +269,10 @@ fn unsupported(node: &Node, what: impl Into<String>) -> RuntimeError {
 /// else converted.
 pub(crate) fn floats<'m>(model: &'m Model, t: TensorId) -> Floats<'m> {
     let v = model.file().tensor(t).expect("validated tensor reference");
-    match v.dtype {
-        DType::F32 => match v.as_f32() {
-            Ok(s) => Cow::Borrowed(s),
-            Err(_) => {
-                Cow::Owned(v.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-            }
-        },
-        DType::F16 => {
-            Cow::Owned(v.data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
-        }
+    match v.as_f32() {
+        Ok(s) if v.dtype == DType::F32 => Cow::Borrowed(s),
         // Validation allows only f32/f16 for unquantized parameters.
-        other => unreachable!("unquantized parameter with dtype {other}"),
+        _ => Cow::Owned(v.to_f32_vec().unwrap_or_else(|| unreachable!("unquantized parameter with dtype {}", v.dtype))),
     }
 }
 
@@ -293,14 +284,7 @@ fn owned_len(f: &Floats<'_>) -> usize {
 }
 
 fn act_of(op: &Op) -> Option<Activation> {
-    Some(match op {
-        Op::Silu => Activation::Silu,
-        Op::Relu => Activation::Relu,
-        Op::Sigmoid => Activation::Sigmoid,
-        Op::Gelu(GeluApprox::Erf) => Activation::GeluErf,
-        Op::Gelu(GeluApprox::Tanh) => Activation::GeluTanh,
-        _ => return None,
-    })
+    crate::convert::activation(op)
 }
 
 /// Which values must outlive their last use.

@@ -17,13 +17,15 @@ fn int_weights<'m>(model: &'m Model, t: TensorId) -> Cow<'m, [i8]> {
     }
 }
 
-fn kq(a: &edadm_format::graph::ActQuant) -> ActQ {
-    ActQ { delta: a.delta, zero_point: a.zero_point, bits: a.bits }
-}
-
 /// Activation quantizer `slot` of node `ni`, one per time-step group.
 fn kqs(model: &Model, ni: usize, slot: u32) -> Vec<ActQ> {
-    model.graph().act_quants(ni, slot).expect("validated: every quantizer has its groups").iter().map(kq).collect()
+    model
+        .graph()
+        .act_quants(ni, slot)
+        .expect("validated: every quantizer has its groups")
+        .iter()
+        .map(crate::convert::act_q)
+        .collect()
 }
 
 /// Per group `[start, end)`, its weight scales.
@@ -69,10 +71,10 @@ pub(super) fn build_quant_step<'m>(
                 tokens: h * w,
                 scale: a.scale,
                 scale_before: a.scale_placement == edadm_format::graph::ScalePlacement::BeforeQuantization,
-                q: kq(&aq.q),
-                k: kq(&aq.k),
-                v: kq(&aq.v),
-                p: kq(&aq.prob),
+                q: crate::convert::act_q(&aq.q),
+                k: crate::convert::act_q(&aq.k),
+                v: crate::convert::act_q(&aq.v),
+                p: crate::convert::act_q(&aq.prob),
                 key_tile: 256,
             };
             let scratch = qa.scratch_len_threads(k, threads);
