@@ -34,6 +34,31 @@ pub struct SessionOptions {
     /// Split every step between the threads, even those too small to gain from it (which
     /// otherwise run on the calling thread alone): for tests that the split changes no bit.
     pub split_small_steps: bool,
+    /// Where the steps run.
+    pub device: Device,
+}
+
+/// Where a session's steps run: the backend seam. The CPU backend (this crate's executor over
+/// `edadm-kernels`) is the only one built today; `Cuda` is refused with
+/// [`RuntimeError::BackendUnavailable`] until a CUDA backend lands behind the `cuda` feature.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU kernels, tier chosen at run time.
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU (by CUDA ordinal).
+    Cuda(u32),
+}
+
+impl Device {
+    /// Parses `cpu`, `cuda` (ordinal 0) or `cuda:N`.
+    pub fn parse(s: &str) -> Option<Device> {
+        match s {
+            "cpu" => Some(Device::Cpu),
+            "cuda" => Some(Device::Cuda(0)),
+            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Device::Cuda),
+        }
+    }
 }
 
 impl SessionOptions {
@@ -47,6 +72,7 @@ impl SessionOptions {
             tier: None,
             threads: 1,
             split_small_steps: false,
+            device: Device::Cpu,
         }
     }
 }
@@ -97,6 +123,12 @@ impl<'m> Session<'m> {
     /// Plans `model` for `opts`: infers every shape, prepares the weights, lays out the arena
     /// and allocates it once.
     pub fn new(model: &'m Model, opts: &SessionOptions) -> Result<Session<'m>> {
+        if let Device::Cuda(_) = opts.device {
+            return Err(RuntimeError::BackendUnavailable {
+                backend: "cuda",
+                reason: "this build has no CUDA backend (none exists yet; run with --device cpu)".into(),
+            });
+        }
         let kernels = match opts.tier {
             Some(t) => Kernels::for_tier(t).ok_or(edadm_kernels::DispatchError::Unavailable(t.name()))?,
             None => edadm_kernels::select()?,

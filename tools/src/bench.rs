@@ -28,6 +28,9 @@ pub struct BenchArgs {
     /// Threads per evaluation (the caller and N − 1 workers).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Where to run: `cpu`, or `cuda[:N]` (no CUDA backend exists yet: refused with one line).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -49,7 +52,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         bail!("--batch, --runs and --threads must be at least 1");
     }
     let model = Model::open(&a.model).with_context(|| format!("cannot open {}", a.model.display()))?;
-    let opts = SessionOptions { threads: a.threads, ..SessionOptions::batch(a.batch) };
+    let opts =
+        SessionOptions { threads: a.threads, device: crate::device(&a.device)?, ..SessionOptions::batch(a.batch) };
     let mut session = Session::new(&model, &opts).with_context(|| format!("cannot run {}", a.model.display()))?;
     let bo = BenchOptions { runs: a.runs, steps: a.steps, profile: a.profile };
     let r = measure(&mut session, Some(&a.model), &bo).with_context(|| format!("cannot run {}", a.model.display()))?;

@@ -70,6 +70,9 @@ pub struct EvalArgs {
     /// Threads (runtime and Inception).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Where to run: `cpu`, or `cuda[:N]` (no CUDA backend exists yet: refused with one line).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Images of the ε-MSE measurement (lockstep FP and --model evaluations; 0: none).
     #[arg(long, default_value_t = 64)]
     eps_images: usize,
@@ -161,8 +164,11 @@ fn generate(path: &Path, a: &EvalArgs, n: usize, what: &str) -> Result<Generated
     let model = Model::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let schedule = model.schedule().with_context(|| format!("cannot sample from {}", path.display()))?;
     let batch = a.batch.min(n);
-    let mut s = Session::new(&model, &SessionOptions { threads: a.threads, ..SessionOptions::batch(batch) })
-        .with_context(|| format!("cannot run {}", path.display()))?;
+    let mut s = Session::new(
+        &model,
+        &SessionOptions { threads: a.threads, device: crate::device(&a.device)?, ..SessionOptions::batch(batch) },
+    )
+    .with_context(|| format!("cannot run {}", path.display()))?;
     let len = s.sample_len();
     let per = len / batch;
     let mut sampler = Sampler::new(&schedule, sampler_config(a, &model), batch, len)?;
@@ -220,7 +226,7 @@ fn eps_mse(fp_path: &Path, q_path: &Path, a: &EvalArgs, n: usize) -> Result<Vec<
     }
     let schedule = fp.schedule()?;
     let batch = a.batch.min(n);
-    let opts = SessionOptions { threads: a.threads, ..SessionOptions::batch(batch) };
+    let opts = SessionOptions { threads: a.threads, device: crate::device(&a.device)?, ..SessionOptions::batch(batch) };
     let mut sf = Session::new(&fp, &opts).with_context(|| format!("cannot run {}", fp_path.display()))?;
     let mut sq = Session::new(&q, &opts).with_context(|| format!("cannot run {}", q_path.display()))?;
     if sf.sample_shape() != sq.sample_shape() {

@@ -112,6 +112,11 @@ pub(crate) fn subcommand(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Writes to stdout; a closed pipe (`edadm inspect m.edq | head`) is not an error.
+/// `--device`: `cpu`, or `cuda[:N]` (no CUDA backend is built yet: the session refuses it).
+pub(crate) fn device(s: &str) -> anyhow::Result<edadm_runtime::Device> {
+    edadm_runtime::Device::parse(s).ok_or_else(|| anyhow::anyhow!("--device {s:?}: expected cpu, cuda or cuda:N"))
+}
+
 fn write_stdout(s: &str) -> Result<(), Failure> {
     use std::io::Write;
     match std::io::stdout().lock().write_all(s.as_bytes()) {

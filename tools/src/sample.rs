@@ -39,6 +39,9 @@ pub struct SampleArgs {
     /// Threads per evaluation (the caller and N − 1 workers; results do not depend on it).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Where to run: `cpu`, or `cuda[:N]` (no CUDA backend exists yet: refused with one line).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// DDPM: clip the x₀ estimate to the data range (`--range`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     clip_x0: bool,
@@ -96,8 +99,11 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if a.threads == 0 {
         bail!("--threads must be at least 1");
     }
-    let mut session = Session::new(&model, &SessionOptions { threads: a.threads, ..SessionOptions::batch(batch) })
-        .with_context(|| format!("cannot run {}", a.model.display()))?;
+    let mut session = Session::new(
+        &model,
+        &SessionOptions { threads: a.threads, device: crate::device(&a.device)?, ..SessionOptions::batch(batch) },
+    )
+    .with_context(|| format!("cannot run {}", a.model.display()))?;
     let kind = SamplerKind::from_name(&a.sampler).expect("clap checked the sampler");
     let range = data_range(&model, a.range);
     let cfg = SamplerConfig {

@@ -423,6 +423,12 @@ fn sample_errors_are_one_line() {
     let q = edadm(&["sample", &golden("tiny-w4a8.edq"), "-n", "2", "--steps", "5", "-o", qo.to_str().unwrap()]);
     assert!(q.status.success() && qo.exists(), "{}", String::from_utf8_lossy(&q.stderr));
     assert_one_line_error(&edadm(&["sample", &golden("tiny-fp32.edq"), "-n", "0", "-o", o]), 1, "-n");
+    // The device seam: no CUDA backend is built, so cuda is refused (no output), and a device
+    // that is neither is named.
+    assert_one_line_error(&edadm(&["sample", &golden("tiny-fp32.edq"), "--device", "cuda", "-o", o]), 1, "cuda");
+    assert_one_line_error(&edadm(&["bench", &golden("tiny-fp32.edq"), "--device", "cuda:1"]), 1, "no CUDA backend");
+    assert_one_line_error(&edadm(&["sample", &golden("tiny-fp32.edq"), "--device", "tpu", "-o", o]), 1, "--device");
+    assert!(!Path::new(o).exists());
     assert_one_line_error(&edadm(&["sample", &golden("tiny-fp32.edq"), "--steps", "11", "-o", o]), 1, "11 steps");
     assert_one_line_error(
         &edadm(&["sample", &golden("tiny-fp32.edq"), "--sampler", "plms", "--eta", "1", "-o", o]),
