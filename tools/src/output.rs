@@ -5,8 +5,34 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
+/// Refuses, before any work starts, an output path that is the same file as one of the inputs
+/// (same device and inode, so `./m.edq`, `m.edq` and a link to it are all caught): an output
+/// never replaces an input.
+pub fn refuse_same_file(output: &Path, inputs: &[Option<&Path>]) -> Result<()> {
+    let Ok(out) = std::fs::metadata(output) else { return Ok(()) };
+    for input in inputs.iter().flatten() {
+        let Ok(inp) = std::fs::metadata(input) else { continue };
+        #[cfg(unix)]
+        let same = {
+            use std::os::unix::fs::MetadataExt;
+            out.dev() == inp.dev() && out.ino() == inp.ino()
+        };
+        #[cfg(not(unix))]
+        let same = {
+            let _ = (&out, &inp);
+            std::fs::canonicalize(output).ok() == std::fs::canonicalize(input).ok()
+        };
+        if same {
+            bail!("{}: the output is the input {}; choose another output path", output.display(), input.display());
+        }
+    }
+    Ok(())
+}
+
 /// Writes `path` through `write` into a temporary file next to it, then renames it into place,
-/// so a failed or interrupted run never leaves a partial file under the final name.
+/// so a failed or interrupted run never leaves a partial file under the final name. The
+/// temporary file is created new (`create_new`): a file or symlink already at its name is an
+/// error, never followed.
 pub fn atomic_write(
     path: &Path,
     write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
@@ -15,7 +41,11 @@ pub fn atomic_write(
     let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
     let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
     let result = (|| {
-        let f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut w = std::io::BufWriter::new(f);
         write(&mut w)?;
         let f =
@@ -23,7 +53,7 @@ pub fn atomic_write(
         f.sync_all().with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
     })();
-    if result.is_err() {
+    if result.is_err() && std::fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_file()) {
         let _ = std::fs::remove_file(&tmp);
     }
     result

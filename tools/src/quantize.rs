@@ -162,6 +162,7 @@ fn calib_defaults_changed(o: &CalibOpts) -> Vec<&'static str> {
 
 /// Runs `edadm quantize`.
 pub fn run(a: QuantizeArgs) -> Result<()> {
+    crate::output::refuse_same_file(&a.output, &[Some(&a.model), a.calib_set.as_deref(), a.eval_set.as_deref()])?;
     edadm_runtime::keep_freed_memory();
     let started = Instant::now();
     let recon = match a.recon.as_str() {

@@ -84,6 +84,9 @@ pub(crate) fn data_range(model: &Model, over: Option<[f32; 2]>) -> [f32; 2] {
 }
 
 pub fn run(a: SampleArgs) -> Result<()> {
+    for out in [Some(&a.output), a.raw.as_ref(), a.noise_out.as_ref()].into_iter().flatten() {
+        crate::output::refuse_same_file(out, &[Some(&a.model)])?;
+    }
     if a.num == 0 {
         bail!("-n must be at least 1");
     }

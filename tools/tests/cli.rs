@@ -429,6 +429,19 @@ fn sample_errors_are_one_line() {
     assert_one_line_error(&edadm(&["bench", &golden("tiny-fp32.edq"), "--device", "cuda:1"]), 1, "no CUDA backend");
     assert_one_line_error(&edadm(&["sample", &golden("tiny-fp32.edq"), "--device", "tpu", "-o", o]), 1, "--device");
     assert!(!Path::new(o).exists());
+    // An output that is the input (by another name, or as --raw) is refused; the input stays.
+    let m = d.join("m.edq");
+    std::fs::copy(golden("tiny-fp32.edq"), &m).unwrap();
+    let before = std::fs::read(&m).unwrap();
+    let via = d.join(".").join("m.edq");
+    assert_one_line_error(&edadm(&["sample", m.to_str().unwrap(), "-o", via.to_str().unwrap()]), 1, "is the input");
+    assert_one_line_error(
+        &edadm(&["sample", m.to_str().unwrap(), "-o", o, "--raw", m.to_str().unwrap()]),
+        1,
+        "is the input",
+    );
+    assert_eq!(std::fs::read(&m).unwrap(), before);
+    assert!(!Path::new(o).exists());
     assert_one_line_error(&edadm(&["sample", &golden("tiny-fp32.edq"), "--steps", "11", "-o", o]), 1, "11 steps");
     assert_one_line_error(
         &edadm(&["sample", &golden("tiny-fp32.edq"), "--sampler", "plms", "--eta", "1", "-o", o]),

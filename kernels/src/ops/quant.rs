@@ -18,16 +18,19 @@ pub struct ActQ {
 }
 
 impl ActQ {
-    /// The largest code, `2^bits − 1`.
+    /// The largest code, `2^bits − 1` (bits above 8 count as 8: the codes are bytes).
     #[inline(always)]
     pub fn qmax(&self) -> f32 {
-        ((1u32 << self.bits) - 1) as f32
+        ((1u32 << self.bits.min(8)) - 1) as f32
     }
 }
 
-/// `clamp(round_half_even(x / Δ) + zp, 0, qmax)`; NaN quantizes to 0.
+/// `clamp(round_half_even(x / Δ) + zp, 0, qmax)`; NaN quantizes to 0. Sound for any inputs:
+/// `qmax` is first brought into `[0, 255]` (NaN to 0).
 #[inline(always)]
 pub fn quantize(x: f32, delta: f32, zero_point: f32, qmax: f32) -> u8 {
+    // Loop-invariant in every caller, so hoisted: the cast below needs a finite bound.
+    let qmax = if qmax >= 0.0 { if qmax < 255.0 { qmax } else { 255.0 } } else { 0.0 };
     // Written with comparisons rather than `clamp` and a saturating cast, so that the loops
     // around it vectorise (11× faster on AVX-512); NaN fails both comparisons and becomes 0.
     let r = (x / delta).round_ties_even() + zero_point;
@@ -38,7 +41,8 @@ pub fn quantize(x: f32, delta: f32, zero_point: f32, qmax: f32) -> u8 {
     } else {
         0.0
     };
-    // SAFETY: r is a finite integer in [0, qmax] ⊆ [0, 255].
+    // SAFETY: r is qmax (finite, in [0, 255] by the line above), a value in (0, qmax], or 0:
+    // finite and representable in i32.
     unsafe { r.to_int_unchecked::<i32>() as u8 }
 }
 
@@ -463,6 +467,12 @@ mod tests {
         assert_eq!(quantize(-1e9, 0.5, 128.0, 255.0), 0);
         assert_eq!(quantize(f32::NAN, 0.5, 128.0, 255.0), 0);
         assert_eq!(quantize(3.0, 1.0, 8.0, 15.0), 11);
+        // Any bound is sound: above 255, infinite or NaN bounds cannot reach an out-of-range cast.
+        assert_eq!(quantize(1e30, 1e-30, 0.0, 2147483648.0), 255);
+        assert_eq!(quantize(1e30, 1.0, 0.0, f32::INFINITY), 255);
+        assert_eq!(quantize(7.0, 1.0, 0.0, f32::NEG_INFINITY), 0);
+        assert_eq!(quantize(7.0, 1.0, 0.0, f32::NAN), 0);
+        assert_eq!(ActQ { delta: 1.0, zero_point: 0, bits: 31 }.qmax(), 255.0);
         // Find an input where x/Δ and x·(1/Δ) disagree, and check the division wins.
         let (x, d) = (1..200u32)
             .flat_map(|k| [0.1f32, 0.07, 0.013, 0.3].map(move |d| ((k as f32 + 0.5) * d, d)))
