@@ -38,6 +38,11 @@ pub struct SessionOptions {
     pub device: Device,
 }
 
+/// Most images per evaluation a session plans for.
+pub const MAX_BATCH: usize = 65_536;
+/// Longest image side a session plans for.
+pub const MAX_SIDE: usize = 16_384;
+
 /// Where a session's steps run: the backend seam. The CPU backend (this crate's executor over
 /// `edadm-kernels`) is the only one built today; `Cuda` is refused with
 /// [`RuntimeError::BackendUnavailable`] until a CUDA backend lands behind the `cuda` feature.
@@ -137,6 +142,14 @@ impl<'m> Session<'m> {
         let (height, width) = (opts.height.unwrap_or(nh), opts.width.unwrap_or(nw));
         if opts.threads == 0 {
             return Err(RuntimeError::Session("threads must be at least 1".into()));
+        }
+        // Bounds before any size is computed from them (the planner's arithmetic then stays far
+        // from overflow; the arena's own size is what it is).
+        if opts.batch == 0 || opts.batch > MAX_BATCH {
+            return Err(RuntimeError::Session(format!("batch {}: 1 to {MAX_BATCH} images per evaluation", opts.batch)));
+        }
+        if height == 0 || width == 0 || height > MAX_SIDE || width > MAX_SIDE {
+            return Err(RuntimeError::Session(format!("{height}×{width} images: each side 1 to {MAX_SIDE}")));
         }
         let req = PlanRequest {
             batch: opts.batch,

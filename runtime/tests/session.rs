@@ -76,6 +76,18 @@ fn every_thread_count_computes_the_same_bits() {
         }
         let e = Session::new(&model, &SessionOptions { threads: 0, ..SessionOptions::batch(1) }).unwrap_err();
         assert!(e.to_string().contains("threads"), "{e}");
+        // Sizes that would overflow the planner's arithmetic are refused before it runs.
+        for opts in [
+            SessionOptions::batch(0),
+            SessionOptions::batch(usize::MAX),
+            SessionOptions { height: Some(1 << 40), ..SessionOptions::batch(1) },
+            SessionOptions { width: Some(0), ..SessionOptions::batch(1) },
+        ] {
+            let e = Session::new(&model, &opts).unwrap_err().to_string();
+            assert!(e.contains("batch") || e.contains("side"), "{e}");
+        }
+        let cuda = SessionOptions { device: edadm_runtime::Device::Cuda(0), ..SessionOptions::batch(1) };
+        assert!(matches!(Session::new(&model, &cuda), Err(edadm_runtime::RuntimeError::BackendUnavailable { .. })));
     }
 }
 

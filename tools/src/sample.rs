@@ -83,6 +83,11 @@ pub(crate) fn data_range(model: &Model, over: Option<[f32; 2]>) -> [f32; 2] {
     })
 }
 
+/// Most samples one `sample` run takes.
+const MAX_SAMPLES: usize = 100_000;
+/// Most bytes of samples (and initial noise) one run holds.
+const MAX_HELD_BYTES: usize = 8 << 30;
+
 pub fn run(a: SampleArgs) -> Result<()> {
     for out in [Some(&a.output), a.raw.as_ref(), a.noise_out.as_ref()].into_iter().flatten() {
         crate::output::refuse_same_file(out, &[Some(&a.model)])?;
@@ -90,14 +95,30 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if a.num == 0 {
         bail!("-n must be at least 1");
     }
+    if a.num > MAX_SAMPLES {
+        bail!("-n {}: at most {MAX_SAMPLES} samples per run (they are held in memory and tiled into one PNG)", a.num);
+    }
     if a.scale == 0 || a.scale > 16 {
         bail!("--scale must be between 1 and 16");
     }
     let model = Model::open(&a.model).with_context(|| format!("cannot open {}", a.model.display()))?;
     let schedule = model.schedule().with_context(|| format!("cannot sample from {}", a.model.display()))?;
-    let batch = a.batch.unwrap_or(a.num.min(16));
+    // Never more images per evaluation than samples asked for.
+    let batch = a.batch.unwrap_or(16).min(a.num);
     if batch == 0 {
         bail!("--batch must be at least 1");
+    }
+    let [c, h, w] = model.sample_shape();
+    let image = c.checked_mul(h).and_then(|v| v.checked_mul(w));
+    let held =
+        image.and_then(|v| v.checked_mul(a.num)).and_then(|v| v.checked_mul(4 * (1 + a.noise_out.is_some() as usize)));
+    match held {
+        Some(b) if b <= MAX_HELD_BYTES => {}
+        _ => bail!(
+            "-n {} of {c}×{h}×{w} images would hold more than {} GiB of samples; ask for fewer",
+            a.num,
+            MAX_HELD_BYTES >> 30
+        ),
     }
     if a.threads == 0 {
         bail!("--threads must be at least 1");
