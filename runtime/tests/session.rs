@@ -87,7 +87,7 @@ fn every_thread_count_computes_the_same_bits() {
             assert!(e.contains("batch") || e.contains("side"), "{e}");
         }
         let cuda = SessionOptions { device: edadm_runtime::Device::Cuda(0), ..SessionOptions::batch(1) };
-        assert!(matches!(Session::new(&model, &cuda), Err(edadm_runtime::RuntimeError::BackendUnavailable { .. })));
+        assert!(matches!(Session::new(&model, &cuda), Err(RuntimeError::BackendUnavailable { .. })));
     }
 }
 
