@@ -42,6 +42,12 @@ impl ModelFile<memmap2::Mmap> {
     /// renaming a new one over them, which leaves existing mappings intact).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, FormatError> {
         let path = path.as_ref();
+        // Checked before opening: opening a FIFO for reading blocks until a writer appears.
+        let kind = std::fs::metadata(path).map_err(|e| FormatError::io(path, &e))?;
+        if !kind.is_file() {
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+            return Err(FormatError::io(path, &e));
+        }
         let file = std::fs::File::open(path).map_err(|e| FormatError::io(path, &e))?;
         let meta = file.metadata().map_err(|e| FormatError::io(path, &e))?;
         if !meta.is_file() {

@@ -113,3 +113,22 @@ fn golden_w4a8_decodes_to_known_contents() {
     assert_eq!((a.prob.zero_point, a.prob.bits, a.v.delta), (0, 8, 0.2));
     assert_eq!(node("attn.attention").unit, Some(UnitId(3)));
 }
+
+/// Only regular files are opened: a directory and a FIFO are refused at once (opening a FIFO
+/// for reading would block until a writer appeared).
+#[test]
+fn only_regular_files_are_opened() {
+    let dir = std::env::temp_dir().join(format!("edq-open-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let e = MappedModel::open(&dir).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    let fifo = dir.join("fifo");
+    match std::process::Command::new("mkfifo").arg(&fifo).status() {
+        Ok(s) if s.success() => {
+            let e = MappedModel::open(&fifo).unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{e}");
+        }
+        _ => println!("skipped: the FIFO case (no mkfifo here)"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
