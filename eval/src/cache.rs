@@ -63,17 +63,15 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename (creating the folder).
+/// Writes `bytes` to `path` (creating the folder) through edadm's one atomic writer
+/// ([`edadm_format::write_file_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let name = path.file_name().ok_or_else(|| EvalError::Invalid(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let r = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r.map_err(io_err(path))
+    edadm_format::write_file_atomic(path, |w, tmp| {
+        use std::io::Write;
+        w.write_all(bytes).map_err(io_err(tmp))
+    })
 }
 
 /// Serialises one f32 tensor `data` of `shape` as safetensors with `meta`.

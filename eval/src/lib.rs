@@ -44,6 +44,15 @@ pub enum EvalError {
 /// Result of this crate.
 pub type Result<T> = std::result::Result<T, EvalError>;
 
+impl From<edadm_format::WriteError> for EvalError {
+    fn from(e: edadm_format::WriteError) -> Self {
+        match e {
+            edadm_format::WriteError::Io { path, source } => EvalError::Io { path: path.display().to_string(), source },
+            other => EvalError::Invalid(other.to_string()),
+        }
+    }
+}
+
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
     move |source| EvalError::Io { path: path.display().to_string(), source }
 }

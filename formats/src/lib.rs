@@ -22,7 +22,7 @@ pub use header::{
 };
 pub use metadata::{MetaArray, MetaValue, Metadata};
 pub use tensor::{TensorView, numel};
-pub use writer::{FileBuilder, WriteError};
+pub use writer::{FileBuilder, WriteError, write_file_atomic};
 
 /// Re-exported so users can name the container of a [`MappedModel`].
 pub use memmap2;

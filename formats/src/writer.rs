@@ -320,34 +320,51 @@ impl<'d> FileBuilder<'d> {
     /// failures here).
     fn write_atomic_through(&self, path: &Path, write: &mut ByteSink<'_>) -> Result<u64, WriteError> {
         let layout = self.layout()?;
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| WriteError::Io { path: p, source }
-        };
-        let file_name = path.file_name().ok_or_else(|| WriteError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
+        write_file_atomic(path, |w: &mut BufWriter<File>, tmp: &Path| {
+            self.emit(&layout, &mut |b| write(w, b))
+                .map_err(|source| WriteError::Io { path: tmp.to_path_buf(), source })
         })?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let (file, tmp) = create_temp(&dir, &file_name.to_string_lossy())?;
-        let guard = TempGuard(Some(tmp.clone()));
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        self.emit(&layout, &mut |b| write(&mut w, b)).map_err(io(&tmp))?;
-        let file = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io(&tmp))?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(io(path))?;
-        guard.disarm();
-        // Make the rename durable. Directories cannot be synced on every platform; the file
-        // itself is complete either way.
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
         Ok(layout.file_length)
     }
+}
+
+/// The one atomic writer of edadm (models, PNGs, `.npy`, calibration sets, caches): `write`
+/// fills a temporary file next to `path` — a new name created with `create_new`, so nothing
+/// already there (a file, a planted symlink) is followed or overwritten — which is then synced
+/// and renamed over `path`, and the directory synced. On any error the temporary file is removed
+/// and `path` is untouched. `write` gets the buffered file and the temporary file's path (for
+/// its own error messages).
+pub fn write_file_atomic<E: From<WriteError>>(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>, &Path) -> Result<(), E>,
+) -> Result<(), E> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| WriteError::Io { path: p, source }
+    };
+    let file_name = path.file_name().ok_or_else(|| WriteError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
+    })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let (file, tmp) = create_temp(&dir, &file_name.to_string_lossy())?;
+    let guard = TempGuard(Some(tmp.clone()));
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    write(&mut w, &tmp)?;
+    let file = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+    file.sync_all().map_err(io(&tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    guard.disarm();
+    // Make the rename durable. Directories cannot be synced on every platform; the file itself
+    // is complete either way.
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// Where [`FileBuilder::write_atomic_through`] sends each chunk of the file.
@@ -490,5 +507,31 @@ mod tests {
         assert!(matches!(b.set_alignment(96), Err(FormatError::BadAlignment { .. })));
         assert!(matches!(b.set_alignment(32), Err(FormatError::BadAlignment { .. })));
         b.set_alignment(4096).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_planted_at_the_temporary_name_is_never_followed() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("edq-planted-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        // Links at the next temporary names this process would try.
+        let next = TEMP_COUNTER.load(Ordering::Relaxed);
+        let planted: Vec<PathBuf> =
+            (next..next + 64).map(|n| dir.join(format!(".out.{}.{n}.tmp", std::process::id()))).collect();
+        for p in &planted {
+            std::os::unix::fs::symlink(&victim, p).unwrap();
+        }
+        let out = dir.join("out");
+        write_file_atomic::<WriteError>(&out, |w, _| {
+            w.write_all(b"new").map_err(|source| WriteError::Io { path: out.clone(), source })
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&out).unwrap(), b"new");
+        assert!(planted.iter().all(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

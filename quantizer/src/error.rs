@@ -30,5 +30,16 @@ pub enum QuantError {
     Safetensors(#[from] safetensors::SafeTensorError),
 }
 
+impl From<edadm_format::WriteError> for QuantError {
+    fn from(e: edadm_format::WriteError) -> Self {
+        match e {
+            edadm_format::WriteError::Io { path, source } => {
+                QuantError::Io { path: path.display().to_string(), source }
+            }
+            other => QuantError::Invalid(other.to_string()),
+        }
+    }
+}
+
 /// Result with [`QuantError`].
 pub type Result<T, E = QuantError> = std::result::Result<T, E>;

@@ -29,34 +29,22 @@ pub fn refuse_same_file(output: &Path, inputs: &[Option<&Path>]) -> Result<()> {
     Ok(())
 }
 
-/// Writes `path` through `write` into a temporary file next to it, then renames it into place,
-/// so a failed or interrupted run never leaves a partial file under the final name. The
-/// temporary file is created new (`create_new`): a file or symlink already at its name is an
-/// error, never followed.
+/// Writes `path` through `write` with edadm's one atomic writer
+/// ([`edadm_format::write_file_atomic`]: a new temporary file next to it, synced and renamed into
+/// place), so a failed or interrupted run never leaves a partial file under the final name.
 pub fn atomic_write(
     path: &Path,
     write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
 ) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut w = std::io::BufWriter::new(f);
-        write(&mut w)?;
-        let f =
-            w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.sync_all().with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-    })();
-    if result.is_err() && std::fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_file()) {
-        let _ = std::fs::remove_file(&tmp);
+    struct Failed(anyhow::Error);
+    impl From<edadm_format::WriteError> for Failed {
+        fn from(e: edadm_format::WriteError) -> Self {
+            Failed(e.into())
+        }
     }
-    result
+    edadm_format::write_file_atomic(path, |w, _| write(w).map_err(Failed))
+        .map_err(|Failed(e)| e)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Samples `[n, c, h, w]` (c = 1 or 3) mapped from `range` to pixels and tiled into a grid with
