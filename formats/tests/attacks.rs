@@ -637,6 +637,12 @@ fn malformed_quantization_records() {
         b[q + 4 + 12..q + 4 + 16].copy_from_slice(&f32::NAN.to_le_bytes());
     });
     assert!(matches!(graph_problem(&e), GraphProblem::Quant(m) if m.contains("step")), "{e}");
+    // A subnormal step: finite and positive, but 1/Δ overflows.
+    let e = attack(|b| {
+        let q = quant_body(b, "attn.q");
+        b[q + 4 + 12..q + 4 + 16].copy_from_slice(&1e-40f32.to_le_bytes());
+    });
+    assert!(matches!(graph_problem(&e), GraphProblem::Quant(m) if m.contains("positive normal")), "{e}");
     let e = attack(|b| {
         let q = quant_body(b, "up.skip");
         wr_u32(b, q + 4 + 20, 8); // second group starting at the input channel count

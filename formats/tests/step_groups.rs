@@ -80,7 +80,7 @@ fn the_writer_refuses_every_broken_table() {
             }),
         ),
         ("bits", Box::new(|s| s.entries[0].acts[0].bits = 4)),
-        ("finite and positive", Box::new(|s| s.entries[0].acts[1].delta = f32::NAN)),
+        ("positive normal", Box::new(|s| s.entries[0].acts[1].delta = f32::NAN)),
         ("zero-point", Box::new(|s| s.entries[0].acts[1] = ActQuant { delta: 1.0, zero_point: 200, bits: 7 })),
     ];
     for (want, f) in cases {

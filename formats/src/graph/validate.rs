@@ -543,8 +543,12 @@ fn act_quant(which: &str, a: &ActQuant) -> Result<(), GraphProblem> {
             a.zero_point, a.bits
         )));
     }
-    if !a.delta.is_finite() || a.delta <= 0.0 {
-        return Err(GraphProblem::Quant(format!("{which} quantizer: step {} must be finite and positive", a.delta)));
+    // Normal, not only finite: quantizing divides by Δ, and 1/Δ of a subnormal overflows.
+    if !a.delta.is_normal() || a.delta <= 0.0 {
+        return Err(GraphProblem::Quant(format!(
+            "{which} quantizer: step {} must be a positive normal number",
+            a.delta
+        )));
     }
     Ok(())
 }
