@@ -65,9 +65,21 @@ struct Failure {
     message: String,
 }
 
+/// The exit convention of every command: 2 for an invalid input file (an `.edq` that fails
+/// validation, whatever command read it), 1 for every other failure (a file that cannot be read,
+/// an impossible option, a run that fails).
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
-        Failure { status: 1, message: format!("{e:#}") }
+        let invalid = |f: &FormatError| !matches!(f, FormatError::Io { .. });
+        let runtime =
+            |r: &edadm_runtime::RuntimeError| matches!(r, edadm_runtime::RuntimeError::Format(f) if invalid(f));
+        let invalid_file = e.chain().any(|c| {
+            c.downcast_ref::<FormatError>().is_some_and(invalid)
+                || c.downcast_ref::<edadm_runtime::RuntimeError>().is_some_and(runtime)
+                || matches!(c.downcast_ref::<edadm_quantizer::error::QuantError>(),
+                    Some(edadm_quantizer::error::QuantError::Runtime(r)) if runtime(r))
+        });
+        Failure { status: if invalid_file { 2 } else { 1 }, message: format!("{e:#}") }
     }
 }
 

@@ -442,6 +442,12 @@ fn sample_errors_are_one_line() {
     );
     assert_eq!(std::fs::read(&m).unwrap(), before);
     assert!(!Path::new(o).exists());
+    // An invalid file exits 2 from every command that reads it (as from `inspect`).
+    let b = d.join("bad.edq");
+    std::fs::write(&b, &before[..before.len() / 2]).unwrap();
+    assert_one_line_error(&edadm(&["sample", b.to_str().unwrap(), "-o", o]), 2, "bad.edq");
+    assert_one_line_error(&edadm(&["bench", b.to_str().unwrap()]), 2, "bad.edq");
+    assert_one_line_error(&edadm(&["inspect", b.to_str().unwrap()]), 2, "bad.edq");
     assert_one_line_error(&edadm(&["sample", &golden("tiny-fp32.edq"), "--steps", "11", "-o", o]), 1, "11 steps");
     assert_one_line_error(
         &edadm(&["sample", &golden("tiny-fp32.edq"), "--sampler", "plms", "--eta", "1", "-o", o]),
