@@ -58,24 +58,6 @@ unsafe fn avx2_qgemm_w7<const NQ: usize>(
             }
             ap = ap.add(4 * MR);
         }
-        let t = &*tile;
-        for (i, row) in acc.iter().enumerate() {
-            let (scale, corr, bias) =
-                (_mm256_set1_ps(t.scale[i]), _mm256_set1_epi32(t.corr[i]), _mm256_set1_ps(t.bias[i]));
-            for (q, &v) in row.iter().enumerate() {
-                let p = c.add(i * ldc + 8 * q);
-                let d = _mm256_sub_epi32(v, corr);
-                if t.raw {
-                    let d = if accumulate { _mm256_add_epi32(d, _mm256_loadu_si256(p.cast())) } else { d };
-                    _mm256_storeu_si256(p.cast(), d);
-                    continue;
-                }
-                let mut y = _mm256_add_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(d)), bias);
-                if accumulate {
-                    y = _mm256_add_ps(y, _mm256_loadu_ps(p));
-                }
-                _mm256_storeu_ps(p, y);
-            }
-        }
+        super::store_rows_ymm(&acc, c, ldc, tile, accumulate);
     }
 }
