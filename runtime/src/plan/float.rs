@@ -90,7 +90,7 @@ pub(super) fn build_step<'m>(
             }
         },
         Op::Silu | Op::Relu | Op::Sigmoid | Op::Gelu(_) => {
-            let act = act_of(&node.op).expect("activation op");
+            let act = crate::convert::activation(&node.op).expect("activation op");
             (Step::Act { x: v(0), act }, ins[0].clone(), 0)
         }
         Op::Add | Op::Mul => {

@@ -283,9 +283,6 @@ fn owned_len(f: &Floats<'_>) -> usize {
     }
 }
 
-fn act_of(op: &Op) -> Option<Activation> {
-    crate::convert::activation(op)
-}
 
 /// Which values must outlive their last use.
 pub(crate) struct PlanRequest<'a> {
