@@ -283,7 +283,6 @@ fn owned_len(f: &Floats<'_>) -> usize {
     }
 }
 
-
 /// Which values must outlive their last use.
 pub(crate) struct PlanRequest<'a> {
     pub(crate) batch: usize,
