@@ -188,6 +188,8 @@ pub mod keys {
     pub const QUANT_WEIGHT_ROUND: &str = "quant.weight_round";
     /// Layers whose inputs `quantize --fp-layers` kept f32, comma-separated.
     pub const QUANT_FP_LAYERS: &str = "quant.fp_layers";
+    /// Layers `quantize --w8-layers` kept at 8-bit weights (comma-separated).
+    pub const QUANT_W8_LAYERS: &str = "quant.w8_layers";
     /// Calibration samples N.
     pub const CALIB_SAMPLES: &str = "calib.samples";
     /// Sampler of the calibration trajectories: `ddim`, `ddpm`, `plms`, `dpm-solver++`.
@@ -235,6 +237,7 @@ pub mod keys {
         (QUANT_FP_INPUT_LAYER, MetaType::Bool),
         (QUANT_WEIGHT_ROUND, MetaType::Str),
         (QUANT_FP_LAYERS, MetaType::Str),
+        (QUANT_W8_LAYERS, MetaType::Str),
         (CALIB_SAMPLES, MetaType::U64),
         (CALIB_SAMPLER, MetaType::Str),
         (CALIB_STEPS, MetaType::U64),
@@ -379,8 +382,45 @@ impl Metadata {
                     detail: format!("registered key {k:?} must have type {t:?}"),
                 });
             }
+            check_numbers(k, v).map_err(|detail| FormatError::BadValue {
+                what: "metadata value",
+                offset: at(i),
+                detail,
+            })?;
+        }
+        let betas = self.get_f64_array(keys::SCHEDULE_BETAS).map(<[f64]>::len);
+        if let (Some(n), Some(t)) = (betas, self.get_u64(keys::SCHEDULE_TIMESTEPS))
+            && n as u64 != t
+        {
+            let i = self.entries.iter().position(|(k, _)| k == keys::SCHEDULE_TIMESTEPS).unwrap_or(0);
+            return Err(FormatError::BadValue {
+                what: "metadata value",
+                offset: at(i),
+                detail: format!("{} = {t} but {} has {n} values", keys::SCHEDULE_TIMESTEPS, keys::SCHEDULE_BETAS),
+            });
         }
         Ok(())
+    }
+}
+
+/// The numeric rules of the registered keys whose values the runtime computes with (§4.2):
+/// a data range of two finite numbers with lo < hi, betas in (0, 1).
+fn check_numbers(key: &str, v: &MetaValue) -> Result<(), String> {
+    match (key, v) {
+        (keys::MODEL_DATA_RANGE, MetaValue::Array(MetaArray::F64(r))) => match r.as_slice() {
+            [lo, hi] if lo.is_finite() && hi.is_finite() && lo < hi => Ok(()),
+            _ => Err(format!("{key} must be two finite numbers lo < hi, found {r:?}")),
+        },
+        (keys::SCHEDULE_BETAS, MetaValue::Array(MetaArray::F64(b))) => {
+            if b.is_empty() {
+                return Err(format!("{key} is empty"));
+            }
+            match b.iter().position(|x| !(*x > 0.0 && *x < 1.0)) {
+                Some(i) => Err(format!("{key}[{i}] = {} is not in (0, 1)", b[i])),
+                None => Ok(()),
+            }
+        }
+        _ => Ok(()),
     }
 }
 

@@ -423,7 +423,23 @@ fn fbr_lowers_unit_losses_exports_a_loadable_file_and_resumes_identically() {
     let set = synthetic_set(&model, 24, 5);
     let other = small_config(4, Recon::Fbr, 20);
     let err = quant::quantize(&net, &set, &other, Some(&ckpt), true, None, &mut |_| {}).err().unwrap();
-    assert!(err.to_string().contains("other settings"), "{err}");
+    assert!(
+        err.to_string().contains("other settings (") && err.to_string().contains("structure.wbits: 8 → 4"),
+        "{err}"
+    );
+    // So is one of another calibration set, or of another FP model of the same architecture
+    // (one weight changed), each named.
+    let same = small_config(8, Recon::Fbr, 20);
+    let err = quant::quantize(&net, &synthetic_set(&model, 24, 6), &same, Some(&ckpt), true, None, &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("another calibration set") && !err.contains("FP model"), "{err}");
+    let mut other_net = Net::from_model(&model, &Device::Cpu).unwrap();
+    let w = other_net.params.iter_mut().find_map(|p| p.weight.as_mut()).unwrap();
+    *w = w.affine(1.001, 0.0).unwrap();
+    let err = quant::quantize(&other_net, &set, &same, Some(&ckpt), true, None, &mut |_| {}).err().unwrap().to_string();
+    assert!(err.contains("another FP model") && !err.contains("calibration"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -493,6 +509,26 @@ fn in_repo_models_run_on_the_integer_runtime_like_the_fake_quant_forward() {
     for wbits in [8, 4] {
         let (net, q) = init_only(&builtin, wbits);
         parity(&builtin, &net, &q, &format!("fmnist-builtin W{wbits}A8"));
+    }
+    // Mixed precision (`--w8-layers`): the named layer keeps 8-bit weights in a W4A8 file, every
+    // other inner layer 4-bit; the runtime runs each at its own width. An unknown name or a
+    // node without weights is refused.
+    let net = Net::from_model(&builtin, &Device::Cpu).unwrap();
+    let weighted: Vec<usize> = (0..net.graph.nodes.len()).filter(|&i| net.graph.nodes[i].op.is_weighted()).collect();
+    let mid = weighted[weighted.len() / 2];
+    let mut cfg = small_config(4, Recon::None, 0);
+    cfg.structure.w8_layers = vec![net.graph.nodes[mid].name.clone()];
+    let q = quant::quantize(&net, &synthetic_set(&builtin, 24, 5), &cfg, None, false, None, &mut |_| {}).unwrap().model;
+    let bits: Vec<u32> = weighted[1..weighted.len() - 1].iter().map(|&i| q.weight(i).unwrap().bits).collect();
+    assert_eq!(q.weight(mid).unwrap().bits, 8);
+    assert_eq!(bits.iter().filter(|&&b| b == 8).count(), 1, "{bits:?}");
+    assert_eq!(bits.iter().filter(|&&b| b == 4).count(), bits.len() - 1, "{bits:?}");
+    parity(&builtin, &net, &q, "fmnist-builtin W4A8, one layer at 8-bit weights");
+    let not_weighted = net.graph.nodes.iter().find(|n| !n.op.is_weighted()).unwrap().name.clone();
+    for bad in ["no.such.layer".to_string(), not_weighted] {
+        cfg.structure.w8_layers = vec![bad.clone()];
+        let r = quant::quantize(&net, &synthetic_set(&builtin, 24, 5), &cfg, None, false, None, &mut |_| {});
+        assert!(r.is_err_and(|e| e.to_string().contains(&bad)), "--w8-layers {bad} accepted");
     }
     let tiny = Model::open(root.join("formats/tests/golden/tiny-fp32.edq")).unwrap();
     let (net, q) = init_only(&tiny, 8);

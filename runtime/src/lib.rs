@@ -18,7 +18,7 @@ mod session;
 
 pub use error::{Result, RuntimeError};
 pub use model::{Model, ModelBytes};
-pub use session::{Device, MemoryReport, Session, SessionOptions, StepInfo};
+pub use session::{Device, MemoryReport, Session, SessionOptions, StepInfo, default_memory_limit, human_bytes};
 
 /// Makes glibc keep freed memory for reuse instead of returning every large block to the OS.
 /// For the host-side tools built on candle (quantization, training), which allocate a fresh

@@ -48,8 +48,12 @@ impl Model {
         Model::from_model_bytes(ModelBytes::Owned(bytes))
     }
 
+    /// Validates the structure, then every tensor's checksum and the data section's zero
+    /// padding: one CRC-32 pass over the file at open (the planner reads every weight once
+    /// anyway), so that a damaged weight is an error, never an image.
     fn from_model_bytes(bytes: ModelBytes) -> Result<Model> {
         let file = ModelFile::from_bytes(bytes)?;
+        file.verify()?;
         let sample = match file.graph().input(InputKindTag::Sample).map(|i| i.kind) {
             Some(InputKind::Sample { channels, height, width }) => [channels as usize, height as usize, width as usize],
             _ => return Err(RuntimeError::Session("the graph has no sample input".into())),

@@ -36,6 +36,32 @@ pub struct SessionOptions {
     pub split_small_steps: bool,
     /// Where the steps run.
     pub device: Device,
+    /// Most bytes the session may hold beyond the mapped file (its arena and its prepared
+    /// weights), checked after planning and before the arena is allocated; `None` for
+    /// [`default_memory_limit`].
+    pub max_memory: Option<usize>,
+}
+
+/// The memory limit of a session when none is given: three quarters of the machine's physical
+/// memory (Linux: `MemTotal` of `/proc/meminfo`), or 16 GiB where that cannot be read.
+pub fn default_memory_limit() -> usize {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        usize::try_from(kib.checked_mul(1024)?).ok()
+    });
+    total.map_or(16 << 30, |t| t / 4 * 3)
+}
+
+/// `bytes` for people: `1.5 GiB`, `96.0 MiB`, `512 B`.
+pub fn human_bytes(bytes: usize) -> String {
+    let b = bytes as f64;
+    match bytes {
+        b_ if b_ >= 1 << 30 => format!("{:.1} GiB", b / (1u64 << 30) as f64),
+        b_ if b_ >= 1 << 20 => format!("{:.1} MiB", b / (1u64 << 20) as f64),
+        b_ if b_ >= 1 << 10 => format!("{:.1} KiB", b / 1024.0),
+        _ => format!("{bytes} B"),
+    }
 }
 
 /// Most images per evaluation a session plans for.
@@ -78,6 +104,7 @@ impl SessionOptions {
             threads: 1,
             split_small_steps: false,
             device: Device::Cpu,
+            max_memory: None,
         }
     }
 }
@@ -165,6 +192,22 @@ impl<'m> Session<'m> {
         let x = slot(InputKindTag::Sample).expect("validated: the graph has a sample input");
         let t = slot(InputKindTag::Timestep);
         let out = plan.slots[model.output().value.0 as usize];
+        let limit = opts.max_memory.unwrap_or_else(default_memory_limit);
+        let arena_bytes = plan.arena_len.checked_mul(4);
+        match arena_bytes.and_then(|a| a.checked_add(plan.prepared_bytes)) {
+            Some(need) if need <= limit => {}
+            need => {
+                return Err(RuntimeError::Session(format!(
+                    "batch {} at {height}×{width} needs {} ({} of activations, {} of prepared weights); \
+                     the memory limit is {} (--max-memory)",
+                    opts.batch,
+                    need.map_or_else(|| "more than the address space".into(), human_bytes),
+                    arena_bytes.map_or_else(|| "more than the address space".into(), human_bytes),
+                    human_bytes(plan.prepared_bytes),
+                    human_bytes(limit)
+                )));
+            }
+        }
         let arena = AlignedF32::zeros(plan.arena_len);
         let pool = Pool::new(opts.threads)
             .map_err(|e| RuntimeError::Session(format!("cannot start {} worker threads: {e}", opts.threads - 1)))?;

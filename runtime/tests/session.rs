@@ -159,4 +159,12 @@ fn bad_files_are_format_errors() {
     let mut bytes = std::fs::read(golden("tiny-fp32.edq")).unwrap();
     bytes.truncate(1000);
     assert!(matches!(Model::from_bytes(bytes), Err(RuntimeError::Format(_))));
+    // One weight byte changed, its checksum left stale: refused at open (one CRC pass), never
+    // run into an image.
+    let mut bytes = std::fs::read(golden("tiny-fp32.edq")).unwrap();
+    let f = edadm_format::ModelFile::parse(&bytes[..]).unwrap();
+    let t = f.tensors().find(|t| !t.data.is_empty()).unwrap().file_offset as usize;
+    bytes[t] ^= 0x40;
+    let e = Model::from_bytes(bytes).unwrap_err();
+    assert!(matches!(&e, RuntimeError::Format(edadm_format::FormatError::TensorChecksum { .. })), "{e}");
 }

@@ -31,6 +31,11 @@ pub struct BenchArgs {
     /// Where to run: `cpu`, or `cuda[:N]` (no CUDA backend exists yet: refused with one line).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Most memory a session may hold beyond the mapped model (activations and prepared weights),
+    /// e.g. `512M`, `4G` (default: three quarters of physical memory); a batch or image size that
+    /// needs more is refused before anything is allocated.
+    #[arg(long, value_parser = crate::parse_size)]
+    max_memory: Option<usize>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -52,8 +57,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         bail!("--batch, --runs and --threads must be at least 1");
     }
     let model = Model::open(&a.model).with_context(|| format!("cannot open {}", a.model.display()))?;
-    let opts =
-        SessionOptions { threads: a.threads, device: crate::device(&a.device)?, ..SessionOptions::batch(a.batch) };
+    let opts = SessionOptions {
+        threads: a.threads,
+        device: crate::device(&a.device)?,
+        max_memory: a.max_memory,
+        ..SessionOptions::batch(a.batch)
+    };
     let mut session = Session::new(&model, &opts).with_context(|| format!("cannot run {}", a.model.display()))?;
     let bo = BenchOptions { runs: a.runs, steps: a.steps, profile: a.profile };
     let r = measure(&mut session, Some(&a.model), &bo).with_context(|| format!("cannot run {}", a.model.display()))?;

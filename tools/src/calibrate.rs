@@ -62,7 +62,7 @@ pub struct CalibrateArgs {
 
 /// Runs `edadm calibrate`.
 pub fn run(a: CalibrateArgs) -> Result<()> {
-    crate::output::refuse_same_file(&a.output, &[Some(&a.model)])?;
+    crate::output::check_output(&a.output, &[Some(&a.model)])?;
     edadm_runtime::keep_freed_memory();
     let model = Model::open(&a.model).with_context(|| format!("cannot open {}", a.model.display()))?;
     let started = Instant::now();

@@ -73,6 +73,11 @@ pub struct EvalArgs {
     /// Where to run: `cpu`, or `cuda[:N]` (no CUDA backend exists yet: refused with one line).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Most memory a session may hold beyond the mapped model (activations and prepared weights),
+    /// e.g. `512M`, `4G` (default: three quarters of physical memory); a batch or image size that
+    /// needs more is refused before anything is allocated.
+    #[arg(long, value_parser = crate::parse_size)]
+    max_memory: Option<usize>,
     /// Images of the ε-MSE measurement (lockstep FP and --model evaluations; 0: none).
     #[arg(long, default_value_t = 64)]
     eps_images: usize,
@@ -166,7 +171,12 @@ fn generate(path: &Path, a: &EvalArgs, n: usize, what: &str) -> Result<Generated
     let batch = a.batch.min(n);
     let mut s = Session::new(
         &model,
-        &SessionOptions { threads: a.threads, device: crate::device(&a.device)?, ..SessionOptions::batch(batch) },
+        &SessionOptions {
+            threads: a.threads,
+            device: crate::device(&a.device)?,
+            max_memory: a.max_memory,
+            ..SessionOptions::batch(batch)
+        },
     )
     .with_context(|| format!("cannot run {}", path.display()))?;
     let len = s.sample_len();
@@ -226,7 +236,12 @@ fn eps_mse(fp_path: &Path, q_path: &Path, a: &EvalArgs, n: usize) -> Result<Vec<
     }
     let schedule = fp.schedule()?;
     let batch = a.batch.min(n);
-    let opts = SessionOptions { threads: a.threads, device: crate::device(&a.device)?, ..SessionOptions::batch(batch) };
+    let opts = SessionOptions {
+        threads: a.threads,
+        device: crate::device(&a.device)?,
+        max_memory: a.max_memory,
+        ..SessionOptions::batch(batch)
+    };
     let mut sf = Session::new(&fp, &opts).with_context(|| format!("cannot run {}", fp_path.display()))?;
     let mut sq = Session::new(&q, &opts).with_context(|| format!("cannot run {}", q_path.display()))?;
     if sf.sample_shape() != sq.sample_shape() {
@@ -288,6 +303,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         if !p.exists() {
             bail!("{}: no such file or folder", p.display());
         }
+    }
+    if let Some(out) = &a.save_ref_stats {
+        let inputs = [&a.model, &a.samples, &a.fp, &a.reference, &a.inception].map(|p| p.as_deref());
+        crate::output::check_output(out, &inputs)?;
     }
     // The network first: a bad file should not wait for a sampling run.
     let net = match &a.inception {

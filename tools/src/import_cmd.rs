@@ -39,7 +39,7 @@ pub struct ImportArgs {
 }
 
 pub fn run(a: ImportArgs) -> Result<()> {
-    crate::output::refuse_same_file(&a.output, &[a.checkpoint.as_deref(), a.config.as_deref()])?;
+    crate::output::check_output(&a.output, &[a.checkpoint.as_deref(), a.config.as_deref()])?;
     let family = Family::from_name(&a.family).expect("clap checked the family");
     let opts = ImportOptions {
         config: a.config,

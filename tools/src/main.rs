@@ -129,6 +129,28 @@ pub(crate) fn device(s: &str) -> anyhow::Result<edadm_runtime::Device> {
     edadm_runtime::Device::parse(s).ok_or_else(|| anyhow::anyhow!("--device {s:?}: expected cpu, cuda or cuda:N"))
 }
 
+/// A byte size: a number with an optional `K`, `M`, `G` or `T` suffix (powers of 1024; `KiB`,
+/// `MB`, … read the same), e.g. `512M`, `1.5G`, `4096`.
+pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let v: f64 = num.parse().map_err(|_| format!("{s:?}: expected a size such as 512M or 4G"))?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit (K, M, G or T)")),
+    };
+    let bytes = v * (1u64 << shift) as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < usize::MAX as f64) {
+        return Err(format!("{s:?}: the size must be at least one byte and fit this machine's addresses"));
+    }
+    Ok(bytes as usize)
+}
+
 fn write_stdout(s: &str) -> Result<(), Failure> {
     use std::io::Write;
     match std::io::stdout().lock().write_all(s.as_bytes()) {

@@ -5,10 +5,29 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-/// Refuses, before any work starts, an output path that is the same file as one of the inputs
-/// (same device and inode, so `./m.edq`, `m.edq` and a link to it are all caught): an output
-/// never replaces an input.
-pub fn refuse_same_file(output: &Path, inputs: &[Option<&Path>]) -> Result<()> {
+/// Checks an output path before any work starts (minutes or hours of it, for `quantize`): it
+/// is not a directory, its directory exists and takes a new file (a probe file is created and
+/// removed), and it is not the same file as one of the inputs (same device and inode, so
+/// `./m.edq`, `m.edq` and a link to it are all caught): an output never replaces an input.
+pub fn check_output(output: &Path, inputs: &[Option<&Path>]) -> Result<()> {
+    if output.is_dir() {
+        bail!("{}: the output is a directory; name a file", output.display());
+    }
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!("{}: the output's directory {} does not exist", output.display(), dir.display());
+    }
+    let probe = dir.join(format!(".edadm-probe.{}.{:x}", std::process::id(), probe_nonce()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(f) => {
+            drop(f);
+            let _ = std::fs::remove_file(&probe);
+        }
+        Err(e) => bail!("{}: cannot create files in {}: {e}", output.display(), dir.display()),
+    }
     let Ok(out) = std::fs::metadata(output) else { return Ok(()) };
     for input in inputs.iter().flatten() {
         let Ok(inp) = std::fs::metadata(input) else { continue };
@@ -27,6 +46,14 @@ pub fn refuse_same_file(output: &Path, inputs: &[Option<&Path>]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A number that differs between calls and processes (the probe file's name is not guessable).
+fn probe_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
 }
 
 /// Writes `path` through `write` with edadm's one atomic writer

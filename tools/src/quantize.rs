@@ -98,6 +98,11 @@ pub struct QuantizeArgs {
     /// activation quantizers left out, at the cost of running those layers in f32.
     #[arg(long, value_delimiter = ',')]
     fp_layers: Vec<String>,
+    /// Convs, transposed convs and linears (by node name, comma-separated) that keep 8-bit
+    /// weights below `--wbits 8`: mixed precision for the layers whose low-bit weights
+    /// `--sensitivity` ranks as costing the most (the runtime runs each layer at its own width).
+    #[arg(long, value_delimiter = ',')]
+    w8_layers: Vec<String>,
     /// Weight rounding before any reconstruction: to the nearest level of each channel's grid,
     /// or GPTQ (each layer's columns rounded in turn, the error spread over the columns not
     /// rounded yet through the inverse Hessian of the layer's FP inputs on the calibration
@@ -162,7 +167,7 @@ fn calib_defaults_changed(o: &CalibOpts) -> Vec<&'static str> {
 
 /// Runs `edadm quantize`.
 pub fn run(a: QuantizeArgs) -> Result<()> {
-    crate::output::refuse_same_file(&a.output, &[Some(&a.model), a.calib_set.as_deref(), a.eval_set.as_deref()])?;
+    crate::output::check_output(&a.output, &[Some(&a.model), a.calib_set.as_deref(), a.eval_set.as_deref()])?;
     edadm_runtime::keep_freed_memory();
     let started = Instant::now();
     let recon = match a.recon.as_str() {
@@ -260,6 +265,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             fp_last: a.fp_output_layer,
             fp_input: a.fp_input_layer,
             fp_layers: a.fp_layers.clone(),
+            w8_layers: a.w8_layers.clone(),
         },
         recon: ReconConfig {
             method,
@@ -342,6 +348,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         (keys::QUANT_FP_INPUT_LAYER.into(), MetaValue::Bool(a.fp_input_layer)),
         (keys::QUANT_WEIGHT_ROUND.into(), MetaValue::Str(a.weight_round.clone())),
         (keys::QUANT_FP_LAYERS.into(), MetaValue::Str(a.fp_layers.join(","))),
+        (keys::QUANT_W8_LAYERS.into(), MetaValue::Str(a.w8_layers.join(","))),
         (keys::CALIB_SAMPLES.into(), MetaValue::U64(n as u64)),
         (keys::CALIB_SHA256.into(), MetaValue::Str(sha)),
     ];

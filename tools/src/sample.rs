@@ -42,6 +42,11 @@ pub struct SampleArgs {
     /// Where to run: `cpu`, or `cuda[:N]` (no CUDA backend exists yet: refused with one line).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Most memory a session may hold beyond the mapped model (activations and prepared weights),
+    /// e.g. `512M`, `4G` (default: three quarters of physical memory); a batch or image size that
+    /// needs more is refused before anything is allocated.
+    #[arg(long, value_parser = crate::parse_size)]
+    max_memory: Option<usize>,
     /// DDPM: clip the x₀ estimate to the data range (`--range`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     clip_x0: bool,
@@ -85,12 +90,10 @@ pub(crate) fn data_range(model: &Model, over: Option<[f32; 2]>) -> [f32; 2] {
 
 /// Most samples one `sample` run takes.
 const MAX_SAMPLES: usize = 100_000;
-/// Most bytes of samples (and initial noise) one run holds.
-const MAX_HELD_BYTES: usize = 8 << 30;
 
 pub fn run(a: SampleArgs) -> Result<()> {
     for out in [Some(&a.output), a.raw.as_ref(), a.noise_out.as_ref()].into_iter().flatten() {
-        crate::output::refuse_same_file(out, &[Some(&a.model)])?;
+        crate::output::check_output(out, &[Some(&a.model)])?;
     }
     if a.num == 0 {
         bail!("-n must be at least 1");
@@ -112,20 +115,28 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let image = c.checked_mul(h).and_then(|v| v.checked_mul(w));
     let held =
         image.and_then(|v| v.checked_mul(a.num)).and_then(|v| v.checked_mul(4 * (1 + a.noise_out.is_some() as usize)));
-    match held {
-        Some(b) if b <= MAX_HELD_BYTES => {}
+    // One budget for the samples held and the session: the session gets what the samples leave.
+    let limit = a.max_memory.unwrap_or_else(edadm_runtime::default_memory_limit);
+    let held = match held {
+        Some(b) if b < limit => b,
         _ => bail!(
-            "-n {} of {c}×{h}×{w} images would hold more than {} GiB of samples; ask for fewer",
+            "-n {} of {c}×{h}×{w} images would hold {} of samples; the memory limit is {} (--max-memory)",
             a.num,
-            MAX_HELD_BYTES >> 30
+            held.map_or_else(|| "more than the address space".into(), edadm_runtime::human_bytes),
+            edadm_runtime::human_bytes(limit)
         ),
-    }
+    };
     if a.threads == 0 {
         bail!("--threads must be at least 1");
     }
     let mut session = Session::new(
         &model,
-        &SessionOptions { threads: a.threads, device: crate::device(&a.device)?, ..SessionOptions::batch(batch) },
+        &SessionOptions {
+            threads: a.threads,
+            device: crate::device(&a.device)?,
+            max_memory: Some(limit - held),
+            ..SessionOptions::batch(batch)
+        },
     )
     .with_context(|| format!("cannot run {}", a.model.display()))?;
     let kind = SamplerKind::from_name(&a.sampler).expect("clap checked the sampler");

@@ -67,7 +67,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    crate::output::refuse_same_file(&a.output, &[Some(&a.data), a.config.as_deref(), a.init.as_deref()])?;
+    crate::output::check_output(&a.output, &[Some(&a.data), a.config.as_deref(), a.init.as_deref()])?;
     edadm_runtime::keep_freed_memory();
     let images =
         Images::read_idx(&a.data).with_context(|| format!("cannot read training images {}", a.data.display()))?;

@@ -442,6 +442,43 @@ fn sample_errors_are_one_line() {
     );
     assert_eq!(std::fs::read(&m).unwrap(), before);
     assert!(!Path::new(o).exists());
+    // An output in a folder that does not exist, or that is a folder, is refused before any work.
+    let missing = d.join("no-such-dir").join("q.edq");
+    let calib = ["--calib", "random", "--n-calib", "8", "--steps", "5"];
+    let mut args = vec!["quantize", m.to_str().unwrap(), "-o", missing.to_str().unwrap()];
+    args.extend(calib);
+    assert_one_line_error(&edadm(&args), 1, "does not exist");
+    let mut args = vec!["quantize", m.to_str().unwrap(), "-o", d.to_str().unwrap()];
+    args.extend(calib);
+    assert_one_line_error(&edadm(&args), 1, "is a directory");
+    assert_one_line_error(
+        &edadm(&["sample", m.to_str().unwrap(), "-o", missing.to_str().unwrap()]),
+        1,
+        "does not exist",
+    );
+    // One memory budget (--max-memory): a session that needs more, or samples that would hold
+    // more, are refused before anything is allocated, naming the need and the limit.
+    let e = edadm(&["bench", m.to_str().unwrap(), "--batch", "64", "--max-memory", "64K"]);
+    assert_one_line_error(&e, 1, "the memory limit is 64.0 KiB (--max-memory)");
+    assert!(String::from_utf8_lossy(&e.stderr).contains("batch 64 at"), "{}", String::from_utf8_lossy(&e.stderr));
+    assert_one_line_error(
+        &edadm(&["sample", m.to_str().unwrap(), "-n", "1000", "--max-memory", "4K", "-o", o]),
+        1,
+        "of samples",
+    );
+    let ok = edadm(&["bench", m.to_str().unwrap(), "--runs", "1", "--steps", "0", "--max-memory", "1G"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(!edadm(&["bench", m.to_str().unwrap(), "--max-memory", "lots"]).status.success());
+    // One weight byte changed with its checksum left stale: every command refuses the file (2).
+    let stale = d.join("stale.edq");
+    let mut bytes = before.clone();
+    let f = edadm_format::ModelFile::parse(&bytes[..]).unwrap();
+    let at = f.tensors().find(|t| !t.data.is_empty()).unwrap().file_offset as usize;
+    bytes[at] ^= 0x40;
+    std::fs::write(&stale, &bytes).unwrap();
+    assert_one_line_error(&edadm(&["sample", stale.to_str().unwrap(), "-o", o]), 2, "checksum");
+    assert_one_line_error(&edadm(&["bench", stale.to_str().unwrap()]), 2, "checksum");
+    assert!(!Path::new(o).exists());
     // An invalid file exits 2 from every command that reads it (as from `inspect`).
     let b = d.join("bad.edq");
     std::fs::write(&b, &before[..before.len() / 2]).unwrap();

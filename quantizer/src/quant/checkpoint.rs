@@ -1,6 +1,7 @@
 //! The reconstruction checkpoint: the initialised and the current model and the units done,
 //! written atomically after every unit so that `--resume` continues from the last finished one.
-//! A fingerprint of the settings and the calibration set guards against resuming a different run.
+//! A fingerprint of the FP model, the calibration set and the settings guards against resuming
+//! a different run; a mismatch is refused naming what changed.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,17 +15,67 @@ use super::model::{NodeQ, QModel};
 use super::recon::UnitReport;
 use crate::calib::CalibSet;
 use crate::error::{QuantError, Result};
+use crate::net::{Net, to_vec};
 
-const FORMAT_TAG: &str = "edadm-quant-checkpoint/1";
+const FORMAT_TAG: &str = "edadm-quant-checkpoint/2";
 
-/// Identifies a run: its settings and its calibration samples.
-pub fn fingerprint(cfg: &QuantizeConfig, calib: &CalibSet) -> String {
-    let mut h = Sha256::new();
-    h.update(serde_json::to_vec(cfg).expect("serialisable"));
-    for v in calib.x.iter().chain(&calib.t) {
-        h.update(v.to_le_bytes());
-    }
+/// Identifies a run: the FP model (its graph and every parameter's values), the calibration
+/// samples, and the settings (kept as JSON, so that a refusal can name the setting that changed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fingerprint {
+    /// SHA-256 (hex) of the FP model.
+    pub model: String,
+    /// SHA-256 (hex) of the calibration samples and timesteps.
+    pub calib: String,
+    /// The settings, as JSON.
+    pub options: String,
+}
+
+fn hex(h: Sha256) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The fingerprint of quantizing `net` on `calib` with `cfg`.
+pub fn fingerprint(cfg: &QuantizeConfig, calib: &CalibSet, net: &Net) -> Result<Fingerprint> {
+    let mut m = Sha256::new();
+    m.update(format!("{:?}", net.graph).as_bytes());
+    for p in &net.params {
+        for t in [&p.weight, &p.bias] {
+            match t {
+                Some(t) => {
+                    m.update(format!("{:?}", t.dims()).as_bytes());
+                    for v in to_vec(t)? {
+                        m.update(v.to_le_bytes());
+                    }
+                }
+                None => m.update(b"-"),
+            }
+        }
+    }
+    let mut c = Sha256::new();
+    for v in calib.x.iter().chain(&calib.t) {
+        c.update(v.to_le_bytes());
+    }
+    let options = serde_json::to_string(cfg).map_err(|e| QuantError::Invalid(e.to_string()))?;
+    Ok(Fingerprint { model: hex(m), calib: hex(c), options })
+}
+
+/// The settings that differ between two JSON option sets, as `path: old → new`.
+fn changed_options(old: &serde_json::Value, new: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    match (old, new) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let null = serde_json::Value::Null;
+                changed_options(a.get(k).unwrap_or(&null), b.get(k).unwrap_or(&null), &p, out);
+            }
+        }
+        (a, b) if a != b => out.push(format!("{path}: {a} → {b}")),
+        _ => {}
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -54,7 +105,7 @@ pub struct Checkpoint {
 /// Writes a checkpoint atomically.
 pub fn save(
     path: &Path,
-    fingerprint: &str,
+    fingerprint: &Fingerprint,
     init: &QModel,
     current: &QModel,
     done: usize,
@@ -76,14 +127,16 @@ pub fn save(
         .collect::<Result<_>>()?;
     let mut md = HashMap::new();
     md.insert("format".to_string(), FORMAT_TAG.to_string());
-    md.insert("fingerprint".to_string(), fingerprint.to_string());
+    md.insert("fingerprint.model".to_string(), fingerprint.model.clone());
+    md.insert("fingerprint.calib".to_string(), fingerprint.calib.clone());
+    md.insert("fingerprint.options".to_string(), fingerprint.options.clone());
     md.insert("state".to_string(), serde_json::to_string(&meta).map_err(|e| QuantError::Invalid(e.to_string()))?);
     let bytes = safetensors::serialize(views, Some(md))?;
     crate::io::write_atomic(path, &bytes)
 }
 
 /// Reads a checkpoint written by [`save`] for the run `fingerprint`.
-pub fn load(path: &Path, fingerprint: &str) -> Result<Checkpoint> {
+pub fn load(path: &Path, fingerprint: &Fingerprint) -> Result<Checkpoint> {
     let bad = |what: String| QuantError::BadFile { path: path.display().to_string(), what };
     let bytes = std::fs::read(path).map_err(|e| QuantError::Io { path: path.display().to_string(), source: e })?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
@@ -92,10 +145,26 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Checkpoint> {
     if md.get("format").map(String::as_str) != Some(FORMAT_TAG) {
         return Err(bad(format!("not an edadm quantizer checkpoint ({FORMAT_TAG})")));
     }
-    if md.get("fingerprint").map(String::as_str) != Some(fingerprint) {
-        return Err(bad("the checkpoint belongs to a run with other settings or another calibration set; \
-             repeat the original options or start without --resume"
-            .into()));
+    let get = |k: &str| md.get(k).map(String::as_str).unwrap_or("");
+    let mut changed = Vec::new();
+    if get("fingerprint.model") != fingerprint.model {
+        changed.push("another FP model".to_string());
+    }
+    if get("fingerprint.calib") != fingerprint.calib {
+        changed.push("another calibration set".to_string());
+    }
+    if get("fingerprint.options") != fingerprint.options {
+        let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or(serde_json::Value::Null);
+        let mut opts = Vec::new();
+        changed_options(&parse(get("fingerprint.options")), &parse(&fingerprint.options), "", &mut opts);
+        changed
+            .push(format!("other settings ({})", if opts.is_empty() { "unreadable".into() } else { opts.join(", ") }));
+    }
+    if !changed.is_empty() {
+        return Err(bad(format!(
+            "the checkpoint belongs to a run with {}; repeat the original run or start without --resume",
+            changed.join(", ")
+        )));
     }
     let state = md.get("state").ok_or_else(|| bad("state missing".into()))?;
     let mut meta: Meta = serde_json::from_str(state).map_err(|e| bad(format!("state: {e}")))?;

@@ -140,6 +140,7 @@ impl QuantizeConfig {
                 fp_last: false,
                 fp_input: false,
                 fp_layers: Vec::new(),
+                w8_layers: Vec::new(),
             },
             recon: ReconConfig { method, iters: 5000, batch: 32, lr_w, lr_a, gamma: 0.8, drop_prob: 0.5 },
             seed: 1234,
@@ -313,7 +314,7 @@ pub fn quantize(
     }
     let (train, hold) = split_rows(calib.len(), cfg.holdout, cfg.seed)?;
     let init_rows: Vec<usize> = train.iter().copied().take(cfg.init_samples.max(1)).collect();
-    let fingerprint = checkpoint::fingerprint(cfg, calib);
+    let fingerprint = checkpoint::fingerprint(cfg, calib, net)?;
     let mut report = RunReport::default();
 
     let resumed = match (ckpt, resume) {

@@ -174,6 +174,11 @@ pub struct Structure {
     /// layers in f32.
     #[serde(default)]
     pub fp_layers: Vec<String>,
+    /// Convs, transposed convs and linears named here keep 8-bit weights whatever `wbits` is
+    /// (mixed precision: the layers whose low-bit weights the sensitivity analysis measures as
+    /// costing the most).
+    #[serde(default)]
+    pub w8_layers: Vec<String>,
 }
 
 /// The whole quantized model.
@@ -245,6 +250,17 @@ impl QModel {
                 Some(_) => {}
             }
         }
+        for name in &s.w8_layers {
+            match g.nodes.iter().find(|n| &n.name == name) {
+                None => return Err(QuantError::Invalid(format!("--w8-layers: no layer named {name:?}"))),
+                Some(n) if !n.op.is_weighted() => {
+                    return Err(QuantError::Invalid(format!(
+                        "--w8-layers: {name:?} is not a convolution, transposed convolution or linear layer"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
         let producer = producers(g);
         let sample = g.inputs.iter().find(|i| matches!(i.kind, InputKind::Sample { .. })).map(|i| i.value);
         let placeholder = ActQ { delta: 1.0, zero_point: 0.0, bits: s.abits };
@@ -258,7 +274,7 @@ impl QModel {
             let out = shape[0];
             let inp = shape[1];
             let kernel = shape[2..].iter().product::<usize>();
-            let bits = if ni == first || ni == last { 8 } else { s.wbits };
+            let bits = if ni == first || ni == last || s.w8_layers.contains(&node.name) { 8 } else { s.wbits };
             let mut bounds = vec![(0, inp)];
             if s.split
                 && let Op::Conv2d(c) = &node.op
