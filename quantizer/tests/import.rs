@@ -338,3 +338,80 @@ fn a_ddim_yaml_config_reproduces_the_preset() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A PyTorch zip checkpoint written by hand: `entries` under `archive/`, deflated.
+fn write_zip(path: &Path, entries: &[(&str, &[u8])]) {
+    use std::io::Write;
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for (name, bytes) in entries {
+        z.start_file(format!("archive/{name}"), opts).unwrap();
+        z.write_all(bytes).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+/// A protocol-2 pickle of `{"w": _rebuild_tensor_v2(storage of `numel` floats, 0, size, stride)}`.
+fn tensor_pickle(numel: u8, size: [u32; 2], stride: [u32; 2]) -> Vec<u8> {
+    let mut p = vec![0x80, 2, b'}'];
+    let s = |p: &mut Vec<u8>, v: &str| {
+        p.push(b'X');
+        p.extend((v.len() as u32).to_le_bytes());
+        p.extend(v.as_bytes());
+    };
+    let int = |p: &mut Vec<u8>, v: u32| {
+        p.push(b'J');
+        p.extend(v.to_le_bytes());
+    };
+    s(&mut p, "w");
+    p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+    p.push(b'(');
+    s(&mut p, "storage");
+    p.extend(b"ctorch\nFloatStorage\n");
+    s(&mut p, "0");
+    s(&mut p, "cpu");
+    p.extend([b'K', numel, b't', b'Q', b'K', 0, b'(']);
+    int(&mut p, size[0]);
+    int(&mut p, size[1]);
+    p.extend([b't', b'(']);
+    int(&mut p, stride[0]);
+    int(&mut p, stride[1]);
+    p.extend([b't', 0x89]);
+    p.extend(b"ccollections\nOrderedDict\n)R");
+    p.extend(b"tRs.");
+    p
+}
+
+/// Hostile PyTorch checkpoints are refused before anything large is allocated: a stride-0 view
+/// declaring 8 GiB over 4 stored bytes, and a few KiB of deflated pickle that expands to 20 MiB
+/// of opcodes. A well-formed file of the same construction imports up to the family's checks.
+#[test]
+fn hostile_checkpoints_are_refused_before_allocating() {
+    let d = scratch("hostile");
+    let opts = ImportOptions::default();
+    let data = 1.5f32.to_le_bytes();
+    // The construction is right: the same file with an honest view reaches the family builder.
+    let fine = d.join("fine.pth");
+    write_zip(
+        &fine,
+        &[("data.pkl", &tensor_pickle(4, [2, 2], [2, 1])), ("data/0", &[data; 4].concat()), ("version", b"3\n")],
+    );
+    let e = import(Family::MnistUnet, &fine, &opts).unwrap_err().to_string();
+    assert!(e.contains("missing key"), "{e}");
+    let expand = d.join("expand.pth");
+    write_zip(
+        &expand,
+        &[("data.pkl", &tensor_pickle(1, [65_536, 32_768], [0, 0])), ("data/0", &data), ("version", b"3\n")],
+    );
+    let e = import(Family::MnistUnet, &expand, &opts).unwrap_err().to_string();
+    assert!(e.contains("\"w\"") && e.contains("zero or overlapping stride") && !e.contains('\n'), "{e}");
+    let bomb = d.join("bomb.pth");
+    let mut pkl = vec![0x80, 2];
+    pkl.extend(std::iter::repeat_n(b'N', 20 << 20));
+    pkl.push(b'.');
+    write_zip(&bomb, &[("data.pkl", &pkl), ("version", b"3\n")]);
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 200_000);
+    let e = import(Family::MnistUnet, &bomb, &opts).unwrap_err().to_string();
+    assert!(e.contains("data.pkl") && e.contains("limit"), "{e}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -39,6 +39,40 @@ fn sha256_file(path: &Path) -> Result<String, ImportError> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Largest pickle (`data.pkl`, uncompressed) accepted from a ZIP checkpoint: real state dicts
+/// need well under 1 MiB of pickle for thousands of tensors, while a few KiB of deflated pickle
+/// can expand to millions of opcodes, each an object in memory (pytorch-reader itself allows
+/// 100 MiB).
+pub const MAX_ZIP_PICKLE_BYTES: u64 = 16 << 20;
+
+/// Refuses a ZIP checkpoint whose `data.pkl` declares more than [`MAX_ZIP_PICKLE_BYTES`]
+/// uncompressed, before the pickle is read. Other containers' pickles are read off the file, so
+/// the file's size bounds them.
+fn check_zip_pickle(path: &Path, source: &str) -> Result<(), ImportError> {
+    let mut f = std::fs::File::open(path).map_err(|e| ImportError::io(path, &e))?;
+    let mut magic = [0u8; 4];
+    if std::io::Read::read_exact(&mut f, &mut magic).is_err() || magic != *b"PK\x03\x04" {
+        return Ok(());
+    }
+    let Ok(mut zip) = zip::ZipArchive::new(f) else { return Ok(()) }; // the reader names the problem
+    for i in 0..zip.len() {
+        let Some(Ok(name)) = zip.name_for_index(i).map(|n| n.map(|n| n.to_string())) else { continue };
+        if !name.ends_with("data.pkl") {
+            continue;
+        }
+        let Ok(size) = zip.by_index_raw(i).map(|e| e.size()) else { continue };
+        if size > MAX_ZIP_PICKLE_BYTES {
+            return Err(ImportError::Checkpoint {
+                origin: source.into(),
+                detail: format!(
+                    "its pickle {name:?} declares {size} bytes uncompressed, above the {MAX_ZIP_PICKLE_BYTES}-byte limit"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn to_f32(bytes: &[u8], dtype: &str, key: &str, source: &str) -> Result<Vec<f32>, ImportError> {
     Ok(match dtype {
         "f32" => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
@@ -105,10 +139,39 @@ impl Checkpoint {
     }
 
     fn read_torch(path: &Path, source: &str) -> Result<BTreeMap<String, Tensor>, ImportError> {
-        let reader = pytorch_reader::PytorchReader::new(path).map_err(|e| ImportError::Checkpoint {
-            origin: source.into(),
-            detail: format!("cannot read PyTorch checkpoint: {e}"),
-        })?;
+        let refuse = |detail: String| ImportError::Checkpoint { origin: source.into(), detail };
+        check_zip_pickle(path, source)?;
+        let reader = pytorch_reader::PytorchReader::new(path)
+            .map_err(|e| refuse(format!("cannot read PyTorch checkpoint: {e}")))?;
+        // Budgets before any tensor is read: a view cannot materialise more bytes than the file
+        // holds (a stride-0 `expand` can declare any size over a few stored bytes), and all
+        // float tensors together, as f32, must fit the memory limit.
+        let file_len = std::fs::metadata(path).map_err(|e| ImportError::io(path, &e))?.len();
+        let mut total: u64 = 0;
+        for (name, t) in reader.tensors() {
+            use pytorch_reader::DType as D;
+            if !matches!(t.dtype(), D::F32 | D::F16 | D::BF16 | D::F64) {
+                continue;
+            }
+            let n = t.shape().iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+            let stored = n.and_then(|n| n.checked_mul(t.dtype().size() as u64));
+            if stored.is_none_or(|b| b > file_len) {
+                return Err(refuse(format!(
+                    "tensor {name:?} of shape {:?} would materialise more bytes than the {file_len}-byte file \
+                     holds (a view with a zero or overlapping stride)",
+                    t.shape()
+                )));
+            }
+            total = total.saturating_add(n.unwrap_or(u64::MAX).saturating_mul(4));
+        }
+        let limit = edadm_runtime::default_memory_limit() as u64;
+        if total > limit {
+            return Err(refuse(format!(
+                "its float tensors need {} as f32, above the memory limit of {}",
+                edadm_runtime::human_bytes(total as usize),
+                edadm_runtime::human_bytes(limit as usize)
+            )));
+        }
         let mut out = BTreeMap::new();
         for (name, t) in reader.tensors() {
             use pytorch_reader::DType as D;
