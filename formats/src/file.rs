@@ -166,12 +166,14 @@ impl<B: AsRef<[u8]>> ModelFile<B> {
         (0..self.tensors.len()).map(|i| self.view(i))
     }
 
-    /// Checks every tensor's checksum and that the data section's padding is zero. Reads all
-    /// tensor data.
+    /// Checks every tensor's checksum, that the data section's padding is zero, and that every
+    /// weight scale of a quantization record is a normal number (finite, not zero, not
+    /// subnormal: §5.5). Reads all tensor data.
     pub fn verify(&self) -> Result<(), FormatError> {
         for t in self.tensors() {
             t.verify()?;
         }
+        check_weight_scales(self.graph(), |id| self.tensor(id).map(|t| (t.name, t.data, t.file_offset)))?;
         let mut spans: Vec<(u64, u64)> =
             self.tensors.iter().filter(|e| e.length > 0).map(|e| (e.offset, e.offset + e.length)).collect();
         spans.sort_unstable();
@@ -206,6 +208,33 @@ fn record<'b>(b: &'b [u8], e: &'b TensorEntry) -> TensorRecord<'b> {
         crc32: e.crc32,
         entry_offset: e.entry_offset,
     }
+}
+
+/// Every weight scale of every quantization record is a normal number (finite, not zero, not
+/// subnormal; §5.5): `tensor` gives a tensor's name, little-endian f32 bytes and file offset.
+pub(crate) fn check_weight_scales<'a>(
+    graph: &Graph,
+    tensor: impl Fn(TensorId) -> Option<(&'a str, &'a [u8], u64)>,
+) -> Result<(), FormatError> {
+    for n in &graph.nodes {
+        let Some(crate::graph::NodeQuant::Weight(w)) = &n.quant else { continue };
+        for g in &w.groups {
+            // The graph validation checked the tensor's dtype and length against the node.
+            let Some((name, data, offset)) = tensor(g.weight_scales) else { continue };
+            let scales = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            if let Some((i, s)) = scales.enumerate().find(|(_, s)| !s.is_normal()) {
+                return Err(FormatError::BadValue {
+                    what: "weight scale",
+                    offset: offset + 4 * i as u64,
+                    detail: format!(
+                        "{name}[{i}] of node {:?} is {s}; weight scales must be normal numbers (finite, not 0, not subnormal)",
+                        n.name
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_zero(b: &[u8], start: u64, end: u64) -> Result<(), FormatError> {

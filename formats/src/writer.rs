@@ -222,6 +222,9 @@ impl<'d> FileBuilder<'d> {
         let metas: Vec<TensorMeta<'_>> =
             records.iter().map(|r| TensorMeta { dtype: r.dtype, shape: r.shape }).collect();
         validate_graph(&self.graph, &metas, None)?;
+        crate::file::check_weight_scales(&self.graph, |id| {
+            self.tensors.get(id.0 as usize).map(|t| (t.name.as_str(), &t.data[..], 0))
+        })?;
 
         let bodies = [encode_metadata(&self.metadata), encode_graph(&self.graph), encode_tensor_table(&records)];
         let mut pos = u64::from(HEADER_SIZE);

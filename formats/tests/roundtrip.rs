@@ -32,6 +32,13 @@ impl Gen<'_> {
         self.tensors.push((name.clone(), dtype, shape.to_vec(), data.clone()));
         self.b.add_tensor(name, dtype, shape, data).unwrap()
     }
+    /// Weight scales: positive normal numbers (the writer refuses others).
+    fn scales(&mut self, out: u32) -> TensorId {
+        let data: Vec<u8> = (0..out).flat_map(|_| ((1 + self.below(1000)) as f32 * 1e-3).to_le_bytes()).collect();
+        let name = format!("t{}.s", self.tensors.len());
+        self.tensors.push((name.clone(), DType::F32, vec![u64::from(out)], data.clone()));
+        self.b.add_tensor(name, DType::F32, &[u64::from(out)], data).unwrap()
+    }
     fn float(&mut self, shape: &[u64]) -> TensorId {
         let d = if self.below(2) == 0 { DType::F32 } else { DType::F16 };
         self.add(d, shape)
@@ -56,7 +63,7 @@ impl Gen<'_> {
         let groups = (0..n_groups)
             .map(|g| QuantGroup {
                 channel_start: g * (in_ch / 2),
-                weight_scales: self.add(DType::F32, &[u64::from(out)]),
+                weight_scales: self.scales(out),
                 input: quantized_input.then(|| self.act()),
             })
             .collect();

@@ -25,6 +25,16 @@ impl AlignedF32 {
         AlignedF32 { lines: vec![Line([0.0; 16]); len.div_ceil(16)], len }
     }
 
+    /// `len` zeros, or `None` when the allocation fails (instead of aborting the process): for
+    /// buffers whose size comes from a file or a request.
+    pub fn try_zeros(len: usize) -> Option<Self> {
+        let n = len.div_ceil(16);
+        let mut lines = Vec::new();
+        lines.try_reserve_exact(n).ok()?;
+        lines.resize(n, Line([0.0; 16]));
+        Some(AlignedF32 { lines, len })
+    }
+
     /// Number of floats.
     pub fn len(&self) -> usize {
         self.len

@@ -43,14 +43,24 @@ pub struct SessionOptions {
 }
 
 /// The memory limit of a session when none is given: three quarters of the machine's physical
-/// memory (Linux: `MemTotal` of `/proc/meminfo`), or 16 GiB where that cannot be read.
+/// memory (Linux: `MemTotal` of `/proc/meminfo`; 16 GiB where that cannot be read), and on Unix
+/// at most three quarters of the process's address-space limit (`RLIMIT_AS`) when one is set.
 pub fn default_memory_limit() -> usize {
     let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
         let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         usize::try_from(kib.checked_mul(1024)?).ok()
     });
-    total.map_or(16 << 30, |t| t / 4 * 3)
+    let limit = total.map_or(16 << 30, |t| t / 4 * 3);
+    #[cfg(unix)]
+    {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut r) } == 0 && r.rlim_cur != libc::RLIM_INFINITY {
+            return limit.min(usize::try_from(r.rlim_cur / 4 * 3).unwrap_or(usize::MAX));
+        }
+    }
+    limit
 }
 
 /// `bytes` for people: `1.5 GiB`, `96.0 MiB`, `512 B`.
@@ -68,6 +78,8 @@ pub fn human_bytes(bytes: usize) -> String {
 pub const MAX_BATCH: usize = 65_536;
 /// Longest image side a session plans for.
 pub const MAX_SIDE: usize = 16_384;
+/// Most threads one session runs on.
+pub const MAX_THREADS: usize = 1024;
 
 /// Where a session's steps run: the backend seam. The CPU backend (this crate's executor over
 /// `edadm-kernels`) is the only one built today; `Cuda` is refused with
@@ -167,8 +179,8 @@ impl<'m> Session<'m> {
         };
         let [_, nh, nw] = model.sample_shape();
         let (height, width) = (opts.height.unwrap_or(nh), opts.width.unwrap_or(nw));
-        if opts.threads == 0 {
-            return Err(RuntimeError::Session("threads must be at least 1".into()));
+        if opts.threads == 0 || opts.threads > MAX_THREADS {
+            return Err(RuntimeError::Session(format!("{} threads: 1 to {MAX_THREADS} per session", opts.threads)));
         }
         // Bounds before any size is computed from them (the planner's arithmetic then stays far
         // from overflow; the arena's own size is what it is).
@@ -208,7 +220,13 @@ impl<'m> Session<'m> {
                 )));
             }
         }
-        let arena = AlignedF32::zeros(plan.arena_len);
+        let arena = AlignedF32::try_zeros(plan.arena_len).ok_or_else(|| {
+            RuntimeError::Session(format!(
+                "batch {} at {height}×{width}: cannot allocate its {} arena",
+                opts.batch,
+                human_bytes(plan.arena_len * 4)
+            ))
+        })?;
         let pool = Pool::new(opts.threads)
             .map_err(|e| RuntimeError::Session(format!("cannot start {} worker threads: {e}", opts.threads - 1)))?;
         Ok(Session { model, kernels, pool, plan, arena, batch: opts.batch, height, width, x, t, out, group: 0 })
