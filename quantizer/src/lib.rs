@@ -11,6 +11,7 @@ pub mod import;
 pub mod io;
 pub mod net;
 pub mod norm_op;
+pub mod pipeline;
 pub mod quant;
 pub mod train;
 

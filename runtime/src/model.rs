@@ -126,6 +126,15 @@ impl Model {
         Schedule::from_betas(betas)
     }
 
+    /// The data range `[lo, hi]` of the model's samples: its `model.data_range` (validated as
+    /// finite with lo < hi when the file was opened), else `[-1, 1]`.
+    pub fn data_range(&self) -> [f32; 2] {
+        match self.metadata().get_f64_array(keys::MODEL_DATA_RANGE) {
+            Some([lo, hi]) if hi > lo => [*lo as f32, *hi as f32],
+            _ => [-1.0, 1.0],
+        }
+    }
+
     /// Whether any node is quantized.
     pub fn is_quantized(&self) -> bool {
         self.graph().nodes.iter().any(|n| n.quant.is_some())

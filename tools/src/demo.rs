@@ -7,6 +7,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use edadm_quantizer::pipeline;
+use edadm_quantizer::quant::Recon;
 use edadm_runtime::sampler::{Sampler, SamplerConfig, SamplerKind, Skip, noise};
 use edadm_runtime::{Model, Session, SessionOptions};
 
@@ -110,7 +112,6 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let q = a.out.join("model-w8a8.edq");
-    let qs = q.display().to_string();
     eprintln!(
         "[1/4] EDA-DM W8A8 of {}: TDAC over {} DDIM-{} trajectories, FBR {} iterations per unit",
         model.display(),
@@ -119,34 +120,38 @@ pub fn run(a: DemoArgs) -> Result<()> {
         a.iters
     );
     let t_q = Instant::now();
-    let ms = model.display().to_string();
-    let (nc, cs, it) = (a.n_calib.to_string(), a.calib_steps.to_string(), a.iters.to_string());
+    // The library pipeline, as `edadm quantize --calib tdac --recon fbr` would run it.
+    let calib_opts = crate::calibrate::CalibOpts {
+        calib: "tdac".into(),
+        n_calib: a.n_calib,
+        lambda: 1.2,
+        eps: "median".into(),
+        sampler: "ddim".into(),
+        steps: a.calib_steps,
+        skip: "quad".into(),
+        eta: 0.0,
+        sample_batch: 32,
+        seed: 1234,
+    };
+    let (set, _) = crate::calibrate::build(&fm, &model, &calib_opts)?;
+    let opts = pipeline::Options {
+        wbits: 8,
+        recon: Some(Recon::Fbr),
+        iters: a.iters,
+        batch: 16,
+        seed: calib_opts.seed,
+        ..pipeline::Options::default()
+    };
     let ckpt = a.out.join("model-w8a8.edq.ckpt");
     let _ = std::fs::remove_file(&ckpt);
-    crate::subcommand(&[
-        "quantize",
-        &ms,
-        "--wbits",
-        "8",
-        "--calib",
-        "tdac",
-        "--n-calib",
-        &nc,
-        "--steps",
-        &cs,
-        "--skip",
-        "quad",
-        "--sample-batch",
-        "32",
-        "--recon",
-        "fbr",
-        "--iters",
-        &it,
-        "--batch",
-        "16",
-        "-o",
-        &qs,
-    ])?;
+    let resume = pipeline::Resume { checkpoint: &ckpt, resume: false };
+    let out = pipeline::quantize(&fm, &set, &opts, Some(resume), &mut |e| {
+        if let edadm_quantizer::quant::Event::Stage(s) = e {
+            eprintln!("      {s}");
+        }
+    })
+    .with_context(|| format!("cannot quantize {}", model.display()))?;
+    out.write(&q)?;
     let quant_s = t_q.elapsed().as_secs_f64();
 
     eprintln!("[2/4] sampling {} images, DDIM {} steps, with the f32 engine and the integer runtime", a.num, a.steps);

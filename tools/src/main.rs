@@ -115,14 +115,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-/// Runs another subcommand in this process (for `edadm demo`), e.g.
-/// `subcommand(&["quantize", "m.edq", "-o", "q.edq"])`.
-pub(crate) fn subcommand(args: &[&str]) -> anyhow::Result<()> {
-    let cli = Cli::try_parse_from(std::iter::once("edadm").chain(args.iter().copied()))
-        .map_err(|e| anyhow::anyhow!("edadm {}: {e}", args.join(" ")))?;
-    run(cli).map_err(|f| anyhow::anyhow!(f.message))
-}
-
 /// Writes to stdout; a closed pipe (`edadm inspect m.edq | head`) is not an error.
 /// `--device`: `cpu`, or `cuda[:N]` (no CUDA backend is built yet: the session refuses it).
 pub(crate) fn device(s: &str) -> anyhow::Result<edadm_runtime::Device> {

@@ -6,12 +6,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use edadm_format::MetaValue;
-use edadm_format::metadata::keys;
 use edadm_quantizer::calib::{self, CalibSet};
 use edadm_quantizer::grid::ActInit;
 use edadm_quantizer::net::Net;
-use edadm_quantizer::quant::{self, Event, QuantizeConfig, Recon, ReconConfig, Structure};
+use edadm_quantizer::pipeline::{self, Options, Resume};
+use edadm_quantizer::quant::{self, Event, Recon};
 use edadm_runtime::Model;
 
 use crate::calibrate::CalibOpts;
@@ -171,33 +170,9 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     edadm_runtime::keep_freed_memory();
     let started = Instant::now();
     let recon = match a.recon.as_str() {
-        "auto" if a.wbits >= 7 => "none",
-        "auto" => "block",
-        r => r,
+        "auto" => None,
+        r => Some(Recon::from_name(r).expect("clap checked --recon")),
     };
-    let method = Recon::from_name(recon).expect("clap checked --recon");
-    if !(4..=8).contains(&a.wbits) {
-        bail!("--wbits {}: 4 to 8 are supported", a.wbits);
-    }
-    if a.abits != 8 {
-        bail!("--abits {}: only 8-bit activations are supported (the integer kernels take u8 inputs)", a.abits);
-    }
-    if method != Recon::None && (a.iters == 0 || a.batch == 0) {
-        bail!("--iters and --batch must be at least 1");
-    }
-    if !(a.gamma.is_finite() && a.gamma >= 0.0) {
-        bail!("--gamma must be finite and non-negative");
-    }
-    if method != Recon::Fbr && a.gamma != 0.8 {
-        bail!("--gamma weighs FBR's layer losses; it has no meaning with --recon {recon}");
-    }
-    for (name, v) in [("--lr-w", a.lr_w), ("--lr-a", a.lr_a)] {
-        if let Some(v) = v
-            && !(v.is_finite() && v > 0.0)
-        {
-            bail!("{name} must be finite and positive");
-        }
-    }
     let percentile = a.act_percentile.unwrap_or(99.999);
     if !(percentile.is_finite() && percentile > 50.0 && percentile <= 100.0) {
         bail!("--act-percentile {percentile}: must lie in (50, 100]");
@@ -212,6 +187,30 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let Some(step_groups) = quant::StepGrouping::from_name(&a.step_groups) else {
         bail!("--step-groups {}: give a number of groups (1 or more) or `steps`", a.step_groups);
     };
+    let opts = Options {
+        wbits: a.wbits,
+        abits: a.abits,
+        recon,
+        iters: a.iters,
+        batch: a.batch,
+        gamma: a.gamma,
+        lr_w: a.lr_w,
+        lr_a: a.lr_a,
+        holdout: a.holdout,
+        seed: a.calib.seed,
+        act_init,
+        step_groups,
+        bias_correction: a.bias_correction,
+        fp_output_layer: a.fp_output_layer,
+        fp_input_layer: a.fp_input_layer,
+        fp_layers: a.fp_layers.clone(),
+        w8_layers: a.w8_layers.clone(),
+        gptq: a.weight_round == "gptq",
+        split: a.split,
+    };
+    let method = opts.recon_method();
+    // Every option checked before any work (the held-out count again once the set is known).
+    opts.config(usize::MAX, true)?;
     if a.sensitivity.is_some() && step_groups != quant::StepGrouping::One {
         bail!("--sensitivity does not support --step-groups yet (it analyses one set of activation quantizers)");
     }
@@ -251,51 +250,13 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         Some(p) => Some(calib::load(p)?),
         None => None,
     };
-    let n = set.len();
-    let holdout = a.holdout.unwrap_or((n / 8).max(8).min(n / 2));
-    if method != Recon::None && holdout == 0 && eval.is_none() {
-        bail!("--holdout 0 leaves nothing to validate the units on");
-    }
-    let (lr_w0, lr_a0) = if a.wbits == 4 { (5e-1, 5e-4) } else { (5e-2, 1e-3) };
-    let cfg = QuantizeConfig {
-        structure: Structure {
-            wbits: a.wbits,
-            abits: a.abits,
-            split: a.split,
-            fp_last: a.fp_output_layer,
-            fp_input: a.fp_input_layer,
-            fp_layers: a.fp_layers.clone(),
-            w8_layers: a.w8_layers.clone(),
-        },
-        recon: ReconConfig {
-            method,
-            iters: a.iters,
-            batch: a.batch,
-            lr_w: a.lr_w.unwrap_or(lr_w0),
-            lr_a: a.lr_a.unwrap_or(lr_a0),
-            gamma: if method == Recon::Fbr { a.gamma } else { 0.0 },
-            drop_prob: 0.5,
-        },
-        seed: a.calib.seed,
-        holdout,
-        init_samples: 256,
-        init_batch: 64,
-        chunk: 32,
-        act_init,
-        step_groups,
-        bias_correction: a.bias_correction,
-        gptq: a.weight_round == "gptq",
-    };
+    opts.config(set.len(), eval.is_some())?;
     let ckpt = a.checkpoint.clone().unwrap_or_else(|| {
         let mut p = a.output.clone().into_os_string();
         p.push(".ckpt");
         PathBuf::from(p)
     });
-    if !a.resume && ckpt.exists() {
-        bail!("{} exists (an interrupted run?): continue it with --resume, or delete it to start over", ckpt.display());
-    }
 
-    let net = Net::from_model(&model, &candle_core::Device::Cpu)?;
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} it, loss {msg}, {eta} left")
             .expect("valid template")
@@ -327,52 +288,17 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         }
         Event::UnitResumed { unit, units, name } => eprintln!("unit {}/{units} {name}: from the checkpoint", unit + 1),
     };
-    let out = quant::quantize(&net, &set, &cfg, Some(&ckpt), a.resume, eval.as_ref(), &mut progress)?;
+    let resume = Resume { checkpoint: &ckpt, resume: a.resume };
+    let out = pipeline::quantize_with_eval(&model, &set, eval.as_ref(), &opts, Some(resume), &mut progress)
+        .with_context(|| format!("cannot quantize {}", a.model.display()))?;
     bar.finish_and_clear();
     let r = &out.report;
-
-    let sha = calib::digest(&set);
     let calib_method = set.provenance.iter().find(|(k, _)| k == "method").map_or("unknown", |(_, v)| v.as_str());
-    let mut meta: Vec<(String, MetaValue)> = vec![
-        (keys::QUANT_METHOD.into(), MetaValue::Str(format!("{calib_method}+{}", method.name()))),
-        (keys::QUANT_CALIBRATION.into(), MetaValue::Str(calib_method.into())),
-        (keys::QUANT_RECONSTRUCTION.into(), MetaValue::Str(method.name().into())),
-        (keys::QUANT_WEIGHT_BITS.into(), MetaValue::U64(u64::from(a.wbits))),
-        (keys::QUANT_ACT_BITS.into(), MetaValue::U64(u64::from(a.abits))),
-        (keys::QUANT_SPLIT.into(), MetaValue::Bool(a.split)),
-        (keys::QUANT_SEED.into(), MetaValue::U64(cfg.seed)),
-        (keys::QUANT_ACT_INIT.into(), MetaValue::Str(act_init.name())),
-        (keys::QUANT_STEP_GROUPS.into(), MetaValue::U64(out.model.num_groups() as u64)),
-        (keys::QUANT_BIAS_CORRECTION.into(), MetaValue::Bool(a.bias_correction)),
-        (keys::QUANT_FP_OUTPUT_LAYER.into(), MetaValue::Bool(a.fp_output_layer)),
-        (keys::QUANT_FP_INPUT_LAYER.into(), MetaValue::Bool(a.fp_input_layer)),
-        (keys::QUANT_WEIGHT_ROUND.into(), MetaValue::Str(a.weight_round.clone())),
-        (keys::QUANT_FP_LAYERS.into(), MetaValue::Str(a.fp_layers.join(","))),
-        (keys::QUANT_W8_LAYERS.into(), MetaValue::Str(a.w8_layers.join(","))),
-        (keys::CALIB_SAMPLES.into(), MetaValue::U64(n as u64)),
-        (keys::CALIB_SHA256.into(), MetaValue::Str(sha)),
-    ];
-    if method != Recon::None {
-        meta.extend([
-            (keys::QUANT_ITERS.to_string(), MetaValue::U64(a.iters as u64)),
-            (keys::QUANT_BATCH.into(), MetaValue::U64(a.batch as u64)),
-            (keys::QUANT_LR_W.into(), MetaValue::F64(cfg.recon.lr_w)),
-            (keys::QUANT_LR_A.into(), MetaValue::F64(cfg.recon.lr_a)),
-        ]);
-    }
-    if method == Recon::Fbr {
-        meta.push((keys::QUANT_GAMMA.into(), MetaValue::F64(a.gamma)));
-    }
-    for (k, key) in [("lambda", keys::QUANT_LAMBDA), ("eps", keys::QUANT_EPSILON)] {
-        if let Some(v) = set.provenance.iter().find(|(p, _)| p == k).and_then(|(_, v)| v.parse::<f64>().ok()) {
-            meta.push((key.into(), MetaValue::F64(v)));
-        }
-    }
-    let size = quant::export::write(&a.output, &model, &out.model, meta)?;
+    let size = out.write(&a.output)?;
     if let Some(dir) = &a.report {
         let settings = serde_json::json!({
             "model": a.model.display().to_string(),
-            "config": cfg,
+            "config": out.config,
             "calib_set": a.calib_set.as_ref().map(|p| p.display().to_string()),
             "output": a.output.display().to_string(),
             "output_bytes": size,
@@ -380,9 +306,8 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         });
         quant::report::write(dir, &set, r, settings)?;
     }
-    let _ = std::fs::remove_file(&ckpt);
     if let Some(dir) = &a.sensitivity {
-        sensitivity(&model, &net, &out.model, &a, dir)?;
+        sensitivity(&model, &out.net, &out.model, &a, dir)?;
     }
     if !r.act_choices.is_empty() {
         let list: Vec<String> = r.act_choices.iter().map(|(k, n)| format!("{k}: {n}")).collect();

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use edadm_format::metadata::keys;
 use edadm_runtime::sampler::{Sampler, SamplerConfig, SamplerKind, Skip, noise};
 use edadm_runtime::{Model, Session, SessionOptions};
 
@@ -79,13 +78,10 @@ pub(crate) fn parse_range(s: &str) -> Result<[f32; 2], String> {
     Ok([lo, hi])
 }
 
-/// The data range of `model`'s samples: `over` when given, else its `model.data_range`, else
-/// [−1, 1].
+/// The data range of `model`'s samples: `over` when given, else the model's
+/// ([`Model::data_range`]).
 pub(crate) fn data_range(model: &Model, over: Option<[f32; 2]>) -> [f32; 2] {
-    over.unwrap_or(match model.metadata().get_f64_array(keys::MODEL_DATA_RANGE) {
-        Some([lo, hi]) if hi > lo => [*lo as f32, *hi as f32],
-        _ => [-1.0, 1.0],
-    })
+    over.unwrap_or_else(|| model.data_range())
 }
 
 /// Most samples one `sample` run takes.
