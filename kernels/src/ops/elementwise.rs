@@ -240,3 +240,80 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod reference {
+    use super::*;
+    use crate::testing::data;
+
+    crate::testing::tier_test! {
+        fn binary_ops_are_exactly_their_definition(k) {
+            let (n, c, inner) = (2usize, 5usize, 37usize);
+            let a = data(n * c * inner, 1);
+            let full = data(n * c * inner, 2);
+            let row = data(n * c, 3);
+            for op in [Binary::Add, Binary::Mul] {
+                let f = |x: f32, z: f32| if op == Binary::Add { x + z } else { x * z };
+                let mut y = vec![f32::NAN; a.len()];
+                binary(k, op, &a, &full, n, c, inner, &mut y);
+                assert!(y.iter().enumerate().all(|(i, v)| v.to_bits() == f(a[i], full[i]).to_bits()), "{op:?} {:?}", k.tier());
+                binary(k, op, &a, &row, n, c, inner, &mut y);
+                assert!(
+                    y.iter().enumerate().all(|(i, v)| v.to_bits() == f(a[i], row[i / inner]).to_bits()),
+                    "{op:?} broadcast {:?}",
+                    k.tier()
+                );
+                let pool = crate::pool::Pool::new(3).unwrap();
+                let mut yp = vec![f32::NAN; a.len()];
+                binary_par(k, op, &a, &row, n, c, inner, &mut yp, &pool);
+                assert_eq!(yp, y, "{op:?} threaded {:?}", k.tier());
+            }
+        }
+    }
+
+    #[test]
+    fn pad_upsample_and_pool_match_their_definitions() {
+        let (planes, h, w) = (3usize, 4usize, 5usize);
+        let x = data(planes * h * w, 4);
+        let at = |p: usize, r: usize, c: usize| x[(p * h + r) * w + c];
+        // pad [top, bottom, left, right] with a value.
+        let pad = [1usize, 2, 3, 0];
+        let (hp, wp) = (h + pad[0] + pad[1], w + pad[2] + pad[3]);
+        let mut y = vec![f32::NAN; planes * hp * wp];
+        super::pad(&x, planes, h, w, pad, -7.0, &mut y);
+        for p in 0..planes {
+            for r in 0..hp {
+                for c in 0..wp {
+                    let inside = r >= pad[0] && r < pad[0] + h && c >= pad[2] && c < pad[2] + w;
+                    let want = if inside { at(p, r - pad[0], c - pad[2]) } else { -7.0 };
+                    assert_eq!(y[(p * hp + r) * wp + c], want, "pad ({p}, {r}, {c})");
+                }
+            }
+        }
+        // Nearest upsampling by 3.
+        let s = 3;
+        let mut y = vec![f32::NAN; planes * h * s * w * s];
+        upsample_nearest(&x, planes, h, w, s, &mut y);
+        for (i, v) in y.iter().enumerate() {
+            let (p, r, c) = (i / (h * s * w * s), i / (w * s) % (h * s), i % (w * s));
+            assert_eq!(*v, at(p, r / s, c / s), "upsample {i}");
+        }
+        // 2×2 average pooling with stride 2 (the last odd column dropped, as PyTorch does).
+        let (ho, wo) = ((h - 2) / 2 + 1, (w - 2) / 2 + 1);
+        let mut y = vec![f32::NAN; planes * ho * wo];
+        avg_pool2d(&x, planes, h, w, [2, 2], [2, 2], &mut y);
+        for p in 0..planes {
+            for r in 0..ho {
+                for c in 0..wo {
+                    let want = (at(p, 2 * r, 2 * c)
+                        + at(p, 2 * r, 2 * c + 1)
+                        + at(p, 2 * r + 1, 2 * c)
+                        + at(p, 2 * r + 1, 2 * c + 1))
+                        / 4.0;
+                    let got = y[(p * ho + r) * wo + c];
+                    assert!((got - want).abs() <= 1e-6, "pool ({p}, {r}, {c}): {got} vs {want}");
+                }
+            }
+        }
+    }
+}

@@ -214,3 +214,114 @@ pub fn layer_norm_channel(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::data;
+
+    /// Group norm in f64 from its definition (biased variance), then `act` in f32.
+    fn naive_group_norm(
+        x: &[f32],
+        n: usize,
+        c: usize,
+        hw: usize,
+        groups: usize,
+        eps: f32,
+        g: &[f32],
+        b: &[f32],
+        act: Activation,
+    ) -> Vec<f32> {
+        let cg = c / groups;
+        let mut y = vec![0f32; x.len()];
+        for img in 0..n {
+            for gi in 0..groups {
+                let base = (img * c + gi * cg) * hw;
+                let xs = &x[base..base + cg * hw];
+                let mean = xs.iter().map(|&v| f64::from(v)).sum::<f64>() / xs.len() as f64;
+                let var = xs.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+                for (i, &v) in xs.iter().enumerate() {
+                    let ch = gi * cg + i / hw;
+                    let z = (f64::from(v) - mean) / (var + f64::from(eps)).sqrt() * f64::from(g[ch]) + f64::from(b[ch]);
+                    y[base + i] = act.apply(z as f32);
+                }
+            }
+        }
+        y
+    }
+
+    /// Within `tol` (relative, at least absolute below 1).
+    fn close_within(got: &[f32], want: &[f32], tol: f32, what: &str) {
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!((a - b).abs() <= tol * b.abs().max(1.0), "{what}: [{i}] {a} vs {b}");
+        }
+    }
+
+    crate::testing::tier_test! {
+        fn group_and_layer_norms_match_their_definitions(k) {
+            // (n, c, hw, groups, act): one group, several, odd sizes across the SIMD widths,
+            // and a large offset that a one-pass variance would lose (E[x²] − E[x]² in f32 is off
+            // by ~1 % there; the two-pass form only by the f32 mean's rounding, ulp(1000)/σ).
+            for (n, c, hw, groups, act, offset) in [
+                (2usize, 8usize, 37usize, 4usize, Activation::Silu, 0.0f32),
+                (1, 32, 64, 32, Activation::None, 0.0),
+                (3, 6, 5, 1, Activation::Relu, 0.0),
+                (1, 4, 1024, 2, Activation::None, 1000.0),
+            ] {
+                let x: Vec<f32> = data(n * c * hw, 3).iter().map(|v| v * 3.0 + offset).collect();
+                let g: Vec<f32> = data(c, 4).iter().map(|v| 1.0 + v).collect();
+                let b = data(c, 5);
+                let want = naive_group_norm(&x, n, c, hw, groups, 1e-5, &g, &b, act);
+                let mut y = vec![f32::NAN; x.len()];
+                group_norm(k, &x, n, c, hw, groups, 1e-5, Some(&g), Some(&b), act, &mut y);
+                let tol = if offset > 0.0 { 1e-4 } else { 2e-5 };
+                close_within(&y, &want, tol, &format!("group_norm {:?} n{n} c{c} hw{hw} g{groups}", k.tier()));
+                // The threaded form gives the same bits for every thread count.
+                for threads in [2, 3] {
+                    let pool = crate::pool::Pool::new(threads).unwrap();
+                    let mut yp = vec![f32::NAN; x.len()];
+                    group_norm_par(k, &x, n, c, hw, groups, 1e-5, Some(&g), Some(&b), act, &mut yp, &pool);
+                    assert!(yp.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads");
+                }
+                // LayerNorm over (C, H, W) is a group norm with one group and per-element
+                // parameters: against the same definition with parameters per element.
+                let len = c * hw;
+                let ge: Vec<f32> = data(len, 6).iter().map(|v| 1.0 + v).collect();
+                let be = data(len, 7);
+                let mut want = naive_group_norm(&x, n, len, 1, 1, 1e-5, &ge, &be, Activation::None);
+                act.apply_in_place(&mut want);
+                let mut y = vec![f32::NAN; x.len()];
+                layer_norm_chw(k, &x, n, len, 1e-5, Some(&ge), Some(&be), act, &mut y);
+                close_within(&y, &want, tol, &format!("layer_norm_chw {:?} n{n} len{len}", k.tier()));
+            }
+        }
+    }
+
+    #[test]
+    fn channel_layer_norm_matches_its_definition_in_both_layouts() {
+        let (n, c, positions) = (2usize, 12usize, 7usize);
+        let x: Vec<f32> = data(n * c * positions, 8).iter().map(|v| v * 2.0 + 5.0).collect();
+        let g: Vec<f32> = data(c, 9).iter().map(|v| 1.0 + v).collect();
+        let b = data(c, 10);
+        for channels_last in [false, true] {
+            let mut y = vec![f32::NAN; x.len()];
+            layer_norm_channel(&x, n, c, positions, channels_last, 1e-5, Some(&g), Some(&b), &mut y);
+            // Gather each position's channels into [n·positions, c] rows and normalise them as
+            // groups of one image each.
+            let at = |img: usize, p: usize, ch: usize| {
+                img * c * positions + if channels_last { p * c + ch } else { ch * positions + p }
+            };
+            for img in 0..n {
+                for p in 0..positions {
+                    let row: Vec<f32> = (0..c).map(|ch| x[at(img, p, ch)]).collect();
+                    let ones = vec![1.0; c];
+                    let zeros = vec![0.0; c];
+                    let norm = naive_group_norm(&row, 1, c, 1, 1, 1e-5, &ones, &zeros, Activation::None);
+                    let want: Vec<f32> = (0..c).map(|ch| norm[ch] * g[ch] + b[ch]).collect();
+                    let got: Vec<f32> = (0..c).map(|ch| y[at(img, p, ch)]).collect();
+                    close_within(&got, &want, 2e-5, &format!("channels_last {channels_last} image {img} position {p}"));
+                }
+            }
+        }
+    }
+}
