@@ -184,3 +184,36 @@ fn i4_unpacks_low_nibble_first_with_sign() {
     unpack_i4(&[0x8F, 0x07], &mut odd);
     assert_eq!(odd, [-1, -8, 7]);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        // The committed regressions (`proptest-regressions/`) replay first; then random cases.
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Random shapes, zero-points, epilogues, misalignment and overlapping k-group strides,
+        /// on every u8×i8 variant of this CPU's best tier and the reference: bit for bit.
+        #[test]
+        fn random_products_match_the_definition(
+            m in 1usize..40,
+            kg in 1usize..80,
+            n in 1usize..200,
+            zp in 0i32..256,
+            bias in any::<bool>(),
+            acc in any::<bool>(),
+            misalign in 0usize..4,
+            overlap in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            for kt in [crate::Kernels::for_tier(crate::Tier::Reference), crate::select().ok()].into_iter().flatten() {
+                for k in kt.qgemm_variants() {
+                    let stride = if overlap { 4 * (n / 2 + 1) } else { 4 * (n + 3) };
+                    check_strided(k, m, kg, n, zp, bias, acc, misalign, seed, stride);
+                }
+            }
+        }
+    }
+}
