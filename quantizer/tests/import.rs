@@ -164,7 +164,7 @@ fn a_diffusers_folder_computes_what_the_ddpm_checkpoint_computes() {
     let unet = pipeline.join("unet");
     std::fs::create_dir_all(&unet).unwrap();
     std::fs::create_dir_all(pipeline.join("scheduler")).unwrap();
-    let tensors = Checkpoint::open(&src.join("model.safetensors")).unwrap().into_tensors();
+    let tensors = Checkpoint::open(&src.join("model.safetensors")).unwrap().into_tensors().unwrap();
     let mut renamed: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
     for (k, t) in tensors {
         let nk = diffusers_key(&k);
@@ -236,7 +236,7 @@ fn build_mnist(t: BTreeMap<String, Tensor>) -> Result<edadm_format::FileBuilder<
 }
 
 fn mnist_tensors(shared: &Path) -> BTreeMap<String, Tensor> {
-    Checkpoint::open(&shared.join("models/mnist-unet/model.safetensors")).unwrap().into_tensors()
+    Checkpoint::open(&shared.join("models/mnist-unet/model.safetensors")).unwrap().into_tensors().unwrap()
 }
 
 #[test]
@@ -261,7 +261,7 @@ fn wrong_keys_and_shapes_are_named() {
     assert!(e.to_string().contains("optimizer.momentum"), "{e}");
 
     // The fmnist checkpoint with the CIFAR-10 configuration: the first mismatch is named.
-    let fm = Checkpoint::open(&shared.join("models/fmnist-ddpm/model.safetensors")).unwrap().into_tensors();
+    let fm = Checkpoint::open(&shared.join("models/fmnist-ddpm/model.safetensors")).unwrap().into_tensors().unwrap();
     let e = build(
         &mut Checkpoint::from_tensors("fmnist", fm.clone()),
         &DdpmConfig::preset("cifar10").unwrap(),
@@ -398,6 +398,25 @@ fn hostile_checkpoints_are_refused_before_allocating() {
     );
     let e = import(Family::MnistUnet, &fine, &opts).unwrap_err().to_string();
     assert!(e.contains("missing key"), "{e}");
+    // Only the tensors a family takes are read: a key whose storage is missing from the archive
+    // does not stop the keys that are taken, and is named when it is read.
+    let lazy = d.join("lazy.pth");
+    // `{"w": rebuild(storage "0"), "v": rebuild(storage "1")}`: the one-entry pickle without its
+    // final SETITEM and STOP, then a second key and value (storage key "1"), each SETITEM'd.
+    let one = tensor_pickle(4, [2, 2], [2, 1]);
+    let mut pkl = one[..one.len() - 2].to_vec();
+    pkl.push(b's');
+    let mut entry = one[3..one.len() - 2].to_vec(); // `X 1 "w"` and the value
+    entry[5] = b'v';
+    let storage_key = entry.windows(6).position(|w| w == [b'X', 1, 0, 0, 0, b'0']).unwrap();
+    entry[storage_key + 5] = b'1';
+    pkl.extend(&entry);
+    pkl.extend(b"s.");
+    write_zip(&lazy, &[("data.pkl", &pkl), ("data/0", &[data; 4].concat()), ("version", b"3\n")]);
+    let mut ck = Checkpoint::open(&lazy).unwrap();
+    assert_eq!(ck.take("w", &[2, 2]).unwrap().data, vec![1.5; 4]);
+    let e = ck.take("v", &[2, 2]).unwrap_err().to_string();
+    assert!(e.contains("\"v\""), "{e}");
     let expand = d.join("expand.pth");
     write_zip(
         &expand,

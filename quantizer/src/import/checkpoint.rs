@@ -18,10 +18,34 @@ pub struct Tensor {
     pub data: Vec<f32>,
 }
 
+/// Where a tensor's values come from: read and converted to f32 only when a family builder
+/// takes it, so that keys the family does not need (an EMA copy, optimiser state) cost nothing.
+#[derive(Clone)]
+enum Source {
+    /// Already f32 (tests, converters).
+    Loaded(Vec<f32>),
+    /// A PyTorch storage view, read on demand.
+    Torch(pytorch_reader::Tensor, &'static str),
+    /// Bytes `[start, end)` of a safetensors file held once for all its tensors.
+    Mapped(std::sync::Arc<Vec<u8>>, std::ops::Range<usize>, &'static str),
+}
+
+#[derive(Clone)]
+struct Entry {
+    shape: Vec<usize>,
+    source: Source,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Entry({:?})", self.shape)
+    }
+}
+
 /// The tensors of a checkpoint, keyed by name, with the keys taken so far.
 #[derive(Debug, Default)]
 pub struct Checkpoint {
-    tensors: BTreeMap<String, Tensor>,
+    tensors: BTreeMap<String, Entry>,
     taken: BTreeSet<String>,
     /// Where the tensors came from, for messages.
     pub source: String,
@@ -73,6 +97,22 @@ fn check_zip_pickle(path: &Path, source: &str) -> Result<(), ImportError> {
     Ok(())
 }
 
+/// A tensor's values as f32, read from wherever they are.
+fn read(src: &Source, key: &str, origin: &str) -> Result<Vec<f32>, ImportError> {
+    match src {
+        Source::Loaded(v) => Ok(v.clone()),
+        Source::Mapped(map, range, dtype) => to_f32(&map[range.clone()], dtype, key, origin),
+        Source::Torch(t, dtype) => {
+            // pytorch-reader returns native-endian bytes (little-endian hosts only, checked at open).
+            let bytes = t.read().map_err(|e| ImportError::Checkpoint {
+                origin: origin.into(),
+                detail: format!("cannot read tensor {key:?}: {e}"),
+            })?;
+            to_f32(&bytes, dtype, key, origin)
+        }
+    }
+}
+
 fn to_f32(bytes: &[u8], dtype: &str, key: &str, source: &str) -> Result<Vec<f32>, ImportError> {
     Ok(match dtype {
         "f32" => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
@@ -113,12 +153,13 @@ impl Checkpoint {
         Ok(Checkpoint { tensors, taken: BTreeSet::new(), sha256: Some(sha256_file(path)?), source, random: None })
     }
 
-    fn read_safetensors(path: &Path, source: &str) -> Result<BTreeMap<String, Tensor>, ImportError> {
-        let bytes = std::fs::read(path).map_err(|e| ImportError::io(path, &e))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ImportError::Checkpoint {
+    fn read_safetensors(path: &Path, source: &str) -> Result<BTreeMap<String, Entry>, ImportError> {
+        let map = std::sync::Arc::new(std::fs::read(path).map_err(|e| ImportError::io(path, &e))?);
+        let st = safetensors::SafeTensors::deserialize(&map[..]).map_err(|e| ImportError::Checkpoint {
             origin: source.into(),
             detail: format!("not a valid safetensors file: {e}"),
         })?;
+        let base = map.as_ptr() as usize;
         let mut out = BTreeMap::new();
         for (name, view) in st.tensors() {
             let dtype = match view.dtype() {
@@ -126,19 +167,17 @@ impl Checkpoint {
                 safetensors::Dtype::F16 => "f16",
                 safetensors::Dtype::BF16 => "bf16",
                 safetensors::Dtype::F64 => "f64",
-                other => {
-                    // Integer buffers (step counters and the like) are not parameters.
-                    let _ = other;
-                    continue;
-                }
+                // Integer buffers (step counters and the like) are not parameters.
+                _ => continue,
             };
-            let data = to_f32(view.data(), dtype, &name, source)?;
-            out.insert(name, Tensor { shape: view.shape().to_vec(), data });
+            let start = view.data().as_ptr() as usize - base;
+            let range = start..start + view.data().len();
+            out.insert(name, Entry { shape: view.shape().to_vec(), source: Source::Mapped(map.clone(), range, dtype) });
         }
         Ok(out)
     }
 
-    fn read_torch(path: &Path, source: &str) -> Result<BTreeMap<String, Tensor>, ImportError> {
+    fn read_torch(path: &Path, source: &str) -> Result<BTreeMap<String, Entry>, ImportError> {
         let refuse = |detail: String| ImportError::Checkpoint { origin: source.into(), detail };
         check_zip_pickle(path, source)?;
         let reader = pytorch_reader::PytorchReader::new(path)
@@ -172,8 +211,11 @@ impl Checkpoint {
                 edadm_runtime::human_bytes(limit as usize)
             )));
         }
+        if cfg!(target_endian = "big") {
+            return Err(refuse("big-endian hosts are not supported".into()));
+        }
         let mut out = BTreeMap::new();
-        for (name, t) in reader.tensors() {
+        for (name, t) in reader.into_tensors() {
             use pytorch_reader::DType as D;
             let dtype = match t.dtype() {
                 D::F32 => "f32",
@@ -182,17 +224,7 @@ impl Checkpoint {
                 D::F64 => "f64",
                 _ => continue, // integer buffers (num_batches_tracked, step counters)
             };
-            let bytes = t.read().map_err(|e| ImportError::io(path, &e))?;
-            // pytorch-reader returns native-endian bytes.
-            let data = if cfg!(target_endian = "little") {
-                to_f32(&bytes, dtype, name, source)?
-            } else {
-                return Err(ImportError::Checkpoint {
-                    origin: source.into(),
-                    detail: "big-endian hosts are not supported".into(),
-                });
-            };
-            out.insert(name.clone(), Tensor { shape: t.shape().to_vec(), data });
+            out.insert(name, Entry { shape: t.shape().to_vec(), source: Source::Torch(t, dtype) });
         }
         Ok(out)
     }
@@ -200,7 +232,10 @@ impl Checkpoint {
     /// A checkpoint from tensors in memory (tests, converters).
     pub fn from_tensors(source: &str, tensors: impl IntoIterator<Item = (String, Tensor)>) -> Checkpoint {
         Checkpoint {
-            tensors: tensors.into_iter().collect(),
+            tensors: tensors
+                .into_iter()
+                .map(|(k, t)| (k, Entry { shape: t.shape, source: Source::Loaded(t.data) }))
+                .collect(),
             taken: BTreeSet::new(),
             source: source.into(),
             sha256: None,
@@ -234,9 +269,16 @@ impl Checkpoint {
         Tensor { shape: shape.to_vec(), data }
     }
 
-    /// All tensors, consuming the checkpoint.
-    pub fn into_tensors(self) -> BTreeMap<String, Tensor> {
+    /// All tensors, read and converted, consuming the checkpoint.
+    pub fn into_tensors(self) -> Result<BTreeMap<String, Tensor>, ImportError> {
+        let source = self.source.clone();
         self.tensors
+            .into_iter()
+            .map(|(k, e)| {
+                let data = read(&e.source, &k, &source)?;
+                Ok((k, Tensor { shape: e.shape, data }))
+            })
+            .collect()
     }
 
     /// Keys, sorted.
@@ -321,8 +363,9 @@ impl Checkpoint {
         if t.shape != expected {
             return Err(ImportError::Shape { key: key.into(), expected: expected.to_vec(), found: t.shape.clone() });
         }
+        let data = read(&t.source, key, &self.source)?;
         self.taken.insert(key.to_string());
-        Ok(t.clone())
+        Ok(Tensor { shape: t.shape.clone(), data })
     }
 
     /// Takes `key` whose element count must match `shape` and whose shape must be `shape` or one
@@ -344,8 +387,9 @@ impl Checkpoint {
         if t.shape != shape && !alternatives.iter().any(|a| t.shape == *a) {
             return Err(ImportError::Shape { key: key.into(), expected: shape.to_vec(), found: t.shape.clone() });
         }
+        let data = read(&t.source, key, &self.source)?;
         self.taken.insert(key.to_string());
-        Ok(Tensor { shape: shape.to_vec(), data: t.data.clone() })
+        Ok(Tensor { shape: shape.to_vec(), data })
     }
 
     /// Keys present but never taken.
