@@ -220,6 +220,8 @@ fn impossible_options_and_special_files_are_one_line_and_a_non_zero_exit() {
         ("bench --batch 2^20", vec!["bench", m, "--batch", "1048576"]),
         ("bench --threads 2^20", vec!["bench", m, "--threads", "1048576"]),
         ("bench --max-memory 1K", vec!["bench", m, "--max-memory", "1K"]),
+        ("sample without -o (a usage error)", vec!["sample", m]),
+        ("bench --batch abc (a usage error)", vec!["bench", m, "--batch", "abc"]),
         ("sample into a missing folder", vec!["sample", m, "-n", "2", "-o", "/nonexistent-dir/x.png"]),
     ];
     for (label, args) in &cases {
