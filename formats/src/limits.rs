@@ -19,6 +19,9 @@ pub const MAX_META_KEY_BYTES: u64 = 256;
 pub const MAX_META_STRING_BYTES: u64 = 16 << 20;
 /// Elements in a metadata array.
 pub const MAX_META_ARRAY_LEN: u64 = 1 << 24;
+/// Strings in a metadata string array: an empty string costs 4 bytes of file and a heap string
+/// in memory, so the number array bound would let a 64 MiB file claim ~400 MB.
+pub const MAX_META_STR_ARRAY_LEN: u64 = 1 << 16;
 
 /// Tensors in the tensor table.
 pub const MAX_TENSORS: u64 = 1 << 20;

@@ -363,6 +363,7 @@ impl Metadata {
                 MetaValue::Array(a) => {
                     lim("metadata array length", array_len(a), limits::MAX_META_ARRAY_LEN)?;
                     if let MetaArray::Str(v) = a {
+                        lim("metadata array length", v.len(), limits::MAX_META_STR_ARRAY_LEN)?;
                         for s in v {
                             lim("metadata string length", s.len(), limits::MAX_META_STRING_BYTES)?;
                         }
@@ -536,7 +537,7 @@ pub(crate) fn decode_metadata(bytes: &[u8], base: u64) -> Result<Metadata, Forma
                 let (min, lim) = match et {
                     T_U64 | T_I64 | T_F64 => (8, limits::MAX_META_ARRAY_LEN),
                     T_BOOL => (1, limits::MAX_META_ARRAY_LEN),
-                    T_STR => (4, limits::MAX_META_ARRAY_LEN),
+                    T_STR => (4, limits::MAX_META_STR_ARRAY_LEN),
                     _ => {
                         return Err(FormatError::UnknownCode {
                             what: "metadata array element type",

@@ -101,6 +101,10 @@ fn metadata_limits() {
     refused("metadata array length", |b| {
         b.metadata_mut().insert("test.many", vec![0u64; (1 << 24) + 1]);
     });
+    // Strings: 65,536 at most (an empty one is 4 bytes of file but a heap string in memory).
+    refused("metadata array length", |b| {
+        b.metadata_mut().insert("test.strings", vec![String::new(); (1 << 16) + 1]);
+    });
 }
 
 #[test]
