@@ -56,24 +56,11 @@ unsafe fn avx2_qgemm_6x8(
             }
             ap = ap.add(8 * MR);
         }
-        let t = &*tile;
-        for (i, row) in acc.iter().enumerate() {
-            // [p0 p1 p4 p5 | p2 p3 p6 p7] → positions 0..8 in order.
-            let v = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(row[0], row[1]));
-            let (scale, corr, bias) =
-                (_mm256_set1_ps(t.scale[i]), _mm256_set1_epi32(t.corr[i]), _mm256_set1_ps(t.bias[i]));
-            let p = c.add(i * ldc);
-            let d = _mm256_sub_epi32(v, corr);
-            if t.raw {
-                let d = if accumulate { _mm256_add_epi32(d, _mm256_loadu_si256(p.cast())) } else { d };
-                _mm256_storeu_si256(p.cast(), d);
-                continue;
-            }
-            let mut y = _mm256_add_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(d)), bias);
-            if accumulate {
-                y = _mm256_add_ps(y, _mm256_loadu_ps(p));
-            }
-            _mm256_storeu_ps(p, y);
+        // [p0 p1 p4 p5 | p2 p3 p6 p7] → positions 0..8 in order, then the shared epilogue.
+        let mut rows = [[_mm256_setzero_si256(); 1]; MR];
+        for (r, a) in rows.iter_mut().zip(&acc) {
+            r[0] = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(a[0], a[1]));
         }
+        super::store_rows_ymm(&rows, c, ldc, tile, accumulate);
     }
 }

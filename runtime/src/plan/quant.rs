@@ -28,31 +28,15 @@ fn kqs(model: &Model, ni: usize, slot: u32) -> Vec<ActQ> {
         .collect()
 }
 
-/// Per group `[start, end)`, its weight scales.
-fn quant_groups<'m>(
-    model: &'m Model,
-    node: &Node,
-    w: &WeightQuant,
-    cin: usize,
-) -> Result<Vec<(usize, usize, Floats<'m>)>> {
+/// Per group `[start, end)`, its weight scales (normal numbers: the file's `verify`, which every
+/// [`Model`] passes when it is opened, refuses any other; `docs/FORMAT.md` §5.5).
+fn quant_groups<'m>(model: &'m Model, w: &WeightQuant, cin: usize) -> Vec<(usize, usize, Floats<'m>)> {
     (0..w.groups.len())
         .map(|g| {
             let end = w.groups.get(g + 1).map_or(cin, |n| n.channel_start as usize);
-            Ok((w.groups[g].channel_start as usize, end, weight_scales(model, node, w.groups[g].weight_scales)?))
+            (w.groups[g].channel_start as usize, end, floats(model, w.groups[g].weight_scales))
         })
         .collect()
-}
-
-/// A group's weight scales, each checked to be a normal number (finite, nonzero, not
-/// subnormal): a scale of NaN, ∞ or 0 would turn every output into NaN or 0 — a black image from
-/// a "valid" file. (A negative scale only flips the channel's sign, and is allowed.)
-fn weight_scales<'m>(model: &'m Model, node: &Node, t: TensorId) -> Result<Floats<'m>> {
-    let sc = floats(model, t);
-    if let Some((c, d)) = sc.iter().enumerate().find(|(_, d)| !d.is_normal()) {
-        let why = "must be a normal number (finite, nonzero, not subnormal)";
-        return Err(shape_err(node, format!("weight scale {d} of output channel {c}: {why}")));
-    }
-    Ok(sc)
 }
 
 /// A quantized node's step (METHOD.md §4.3). A weighted node whose input stays f32 (the output
@@ -118,7 +102,7 @@ pub(super) fn build_quant_step<'m>(
                     _ => per,
                 };
                 let kk = per / cin_row.max(1);
-                let groups = quant_groups(model, node, wq, cin_row)?;
+                let groups = quant_groups(model, wq, cin_row);
                 let mut wf = vec![0f32; ints.len()];
                 for o in 0..out_ch {
                     for (s0, e0, sc) in &groups {
@@ -183,7 +167,7 @@ pub(super) fn build_quant_step<'m>(
                         .ok_or_else(|| shape_err(node, "the transposed convolution has no output"))?;
                     let [oh, ow] = plan.out_hw();
                     let aq = kqs(model, ni, 0);
-                    let sc = weight_scales(model, node, wq.groups[0].weight_scales)?;
+                    let sc = floats(model, wq.groups[0].weight_scales);
                     let scale = aq.iter().map(|a| sc.iter().map(|&d| d * a.delta).collect()).collect();
                     let scratch = plan.scratch_len(k) + plan.input_layout().len().div_ceil(4);
                     let step = Step::QConvT { x: v(0), plan, q: aq, scale, bias: opt(c.bias) };
@@ -209,7 +193,7 @@ fn qconv_step<'m>(
     threads: usize,
 ) -> Result<(Step<'m>, Vec<usize>, usize)> {
     let node = &model.graph().nodes[ni];
-    let groups = quant_groups(model, node, wq, geom.cin)?;
+    let groups = quant_groups(model, wq, geom.cin);
     let splits: Vec<usize> = groups.iter().map(|g| g.0).collect();
     let plan = qconv::QConv2dPlan::new(k, geom, ints, &splits).ok_or_else(|| {
         shape_err(node, format!("a {:?} kernel does not fit a {}x{} input", geom.kernel, geom.h, geom.w))
