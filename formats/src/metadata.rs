@@ -190,6 +190,8 @@ pub mod keys {
     pub const QUANT_FP_LAYERS: &str = "quant.fp_layers";
     /// Layers `quantize --w8-layers` kept at 8-bit weights (comma-separated).
     pub const QUANT_W8_LAYERS: &str = "quant.w8_layers";
+    /// How many of `quant.w8_layers` `quantize --w8-auto` chose by the weight sensitivity ranking.
+    pub const QUANT_W8_AUTO: &str = "quant.w8_auto";
     /// Calibration samples N.
     pub const CALIB_SAMPLES: &str = "calib.samples";
     /// Sampler of the calibration trajectories: `ddim`, `ddpm`, `plms`, `dpm-solver++`.
@@ -238,6 +240,7 @@ pub mod keys {
         (QUANT_WEIGHT_ROUND, MetaType::Str),
         (QUANT_FP_LAYERS, MetaType::Str),
         (QUANT_W8_LAYERS, MetaType::Str),
+        (QUANT_W8_AUTO, MetaType::U64),
         (CALIB_SAMPLES, MetaType::U64),
         (CALIB_SAMPLER, MetaType::Str),
         (CALIB_STEPS, MetaType::U64),

@@ -65,8 +65,18 @@ pub struct Options {
     pub fp_layers: Vec<String>,
     /// Layers (by node name) that keep 8-bit weights below `wbits` 8.
     pub w8_layers: Vec<String>,
-    /// GPTQ weight rounding instead of nearest.
-    pub gptq: bool,
+    /// Below 8-bit weights, this many more layers keep 8-bit weights, chosen by measurement: the
+    /// ones whose low-bit weights alone (nearest rounding, everything else FP) move the final
+    /// images furthest from FP ([`quant::sensitivity::rank_weights`]); `None` for the measured
+    /// default per bit width ([`Options::w8_auto_layers`]).
+    pub w8_auto: Option<usize>,
+    /// The ranking's images and DDIM steps (quad skip, η 0, noise seed 0).
+    pub w8_auto_images: usize,
+    /// See `w8_auto_images`.
+    pub w8_auto_steps: usize,
+    /// GPTQ weight rounding instead of nearest; `None` for the measured default per bit width
+    /// ([`Options::weight_round_gptq`]).
+    pub gptq: Option<bool>,
     /// Q-Diffusion's split skip convolution.
     pub split: bool,
 }
@@ -91,17 +101,33 @@ impl Default for Options {
             fp_input_layer: true,
             fp_layers: Vec::new(),
             w8_layers: Vec::new(),
-            gptq: false,
+            w8_auto: None,
+            w8_auto_images: 8,
+            w8_auto_steps: 10,
+            gptq: None,
             split: true,
         }
     }
 }
 
 impl Options {
-    /// The reconstruction that runs: the one asked for, else none at 7–8-bit weights and
-    /// block-wise at 4–6 (what measured best on final images, docs/RESULTS.md).
+    /// The reconstruction that runs: the one asked for, else none at 7–8-bit and at 4-bit
+    /// weights and block-wise at 5–6 (what measured best on final images, docs/RESULTS.md).
     pub fn recon_method(&self) -> Recon {
-        self.recon.unwrap_or(if self.wbits >= 7 { Recon::None } else { Recon::Block })
+        self.recon.unwrap_or(if self.wbits >= 7 || self.wbits == 4 { Recon::None } else { Recon::Block })
+    }
+
+    /// Whether the weights are rounded with GPTQ: as asked, else at 4-bit weights (where it
+    /// measured best on both models) and not above.
+    pub fn weight_round_gptq(&self) -> bool {
+        self.gptq.unwrap_or(self.wbits == 4)
+    }
+
+    /// How many layers `--w8-auto` keeps at 8-bit weights: as asked, else 4 at 4-bit weights
+    /// (where four small layers carry half the error on both models) and none above; always
+    /// none at 8 bits.
+    pub fn w8_auto_layers(&self) -> usize {
+        if self.wbits >= 8 { 0 } else { self.w8_auto.unwrap_or(if self.wbits == 4 { 4 } else { 0 }) }
     }
 
     /// The learning rates (AdaRound α, activation steps): given, else the official CIFAR values
@@ -140,6 +166,9 @@ impl Options {
                 return bad(format!("{name} must be finite and positive"));
             }
         }
+        if self.w8_auto_layers() > 0 && (self.w8_auto_images == 0 || self.w8_auto_steps == 0) {
+            return bad("--w8-auto needs at least one image and one step to rank the layers on".into());
+        }
         let holdout = self.holdout.unwrap_or((n / 8).max(8).min(n / 2));
         if method != Recon::None && holdout == 0 && !has_eval_set {
             return bad("--holdout 0 leaves nothing to validate the units on".into());
@@ -172,7 +201,7 @@ impl Options {
             act_init: self.act_init,
             step_groups: self.step_groups,
             bias_correction: self.bias_correction,
-            gptq: self.gptq,
+            gptq: self.weight_round_gptq(),
         })
     }
 }
@@ -251,7 +280,17 @@ pub fn quantize_with_eval<'m>(
             model.sample_shape()
         )));
     }
-    let config = opts.config(set.len(), eval.is_some())?;
+    let mut config = opts.config(set.len(), eval.is_some())?;
+    let net = Net::from_model(model, &candle_core::Device::Cpu)?;
+    let mut opts = opts.clone();
+    let auto = opts.w8_auto_layers();
+    if auto > 0 {
+        let chosen = choose_w8_layers(model, &net, set, &opts, auto, &config, progress)?;
+        progress(Event::Stage(&format!("--w8-auto {auto}: 8-bit weights for {}", chosen.join(", "))));
+        opts.w8_layers.extend(chosen);
+        config = opts.config(set.len(), eval.is_some())?;
+    }
+    let opts = &opts;
     if let Some(r) = resume
         && !r.resume
         && r.checkpoint.exists()
@@ -261,7 +300,6 @@ pub fn quantize_with_eval<'m>(
             r.checkpoint.display()
         )));
     }
-    let net = Net::from_model(model, &candle_core::Device::Cpu)?;
     let out = quant::quantize(
         &net,
         set,
@@ -276,6 +314,47 @@ pub fn quantize_with_eval<'m>(
     }
     let metadata = provenance(opts, &config, set, out.model.num_groups());
     Ok(Quantized { source: model, net, model: out.model, report: out.report, config, metadata })
+}
+
+/// The `count` layers not yet in `opts.w8_layers` whose nearest-rounded low-bit weights
+/// (biases corrected when the run corrects them) alone cost the most on final images.
+fn choose_w8_layers(
+    model: &Model,
+    net: &Net,
+    set: &CalibSet,
+    opts: &Options,
+    count: usize,
+    config: &QuantizeConfig,
+    progress: &mut dyn FnMut(Event<'_>),
+) -> Result<Vec<String>> {
+    use edadm_runtime::sampler::{SamplerConfig, Skip};
+    let t0 = std::time::Instant::now();
+    let mut q = quant::weights_nearest(net, set, &config.structure)?;
+    if config.bias_correction {
+        // As the run will: the biases corrected on the samples the initialisation uses.
+        let (train, _) = quant::split_rows(set.len(), config.holdout, config.seed)?;
+        let rows: Vec<usize> = train.into_iter().take(config.init_samples.max(1)).collect();
+        q = quant::bias_corrected(net, &q, &quant::input_means(net, set, &rows, config.init_batch)?)?;
+    }
+    let cfg = quant::sensitivity::SensitivityConfig {
+        sampler: SamplerConfig::ddim(opts.w8_auto_steps, Skip::Quad),
+        images: opts.w8_auto_images,
+        range: model.data_range(),
+    };
+    let mut last = 0;
+    let ranks = quant::sensitivity::rank_weights(net, &q, &model.schedule()?, &cfg, &mut |done, total| {
+        if done == 1 || done == total || done >= last + total / 10 {
+            last = done;
+            progress(Event::Stage(&format!(
+                "--w8-auto: ranking the layers' {}-bit weights, {done}/{total} sampling runs",
+                opts.wbits
+            )));
+        }
+    })?;
+    let chosen: Vec<String> =
+        ranks.into_iter().map(|r| r.name).filter(|n| !opts.w8_layers.contains(n)).take(count).collect();
+    progress(Event::Stage(&format!("--w8-auto: ranked in {:.1} s", t0.elapsed().as_secs_f64())));
+    Ok(chosen)
 }
 
 /// The `quant.*` and `calib.*` metadata of a run (docs/FORMAT.md §4.2).
@@ -295,9 +374,13 @@ fn provenance(opts: &Options, cfg: &QuantizeConfig, set: &CalibSet, groups: usiz
         (keys::QUANT_BIAS_CORRECTION.into(), MetaValue::Bool(opts.bias_correction)),
         (keys::QUANT_FP_OUTPUT_LAYER.into(), MetaValue::Bool(opts.fp_output_layer)),
         (keys::QUANT_FP_INPUT_LAYER.into(), MetaValue::Bool(opts.fp_input_layer)),
-        (keys::QUANT_WEIGHT_ROUND.into(), MetaValue::Str(if opts.gptq { "gptq" } else { "nearest" }.into())),
+        (
+            keys::QUANT_WEIGHT_ROUND.into(),
+            MetaValue::Str(if opts.weight_round_gptq() { "gptq" } else { "nearest" }.into()),
+        ),
         (keys::QUANT_FP_LAYERS.into(), MetaValue::Str(opts.fp_layers.join(","))),
         (keys::QUANT_W8_LAYERS.into(), MetaValue::Str(opts.w8_layers.join(","))),
+        (keys::QUANT_W8_AUTO.into(), MetaValue::U64(opts.w8_auto_layers() as u64)),
         (keys::CALIB_SAMPLES.into(), MetaValue::U64(set.len() as u64)),
         (keys::CALIB_SHA256.into(), MetaValue::Str(calib::digest(set))),
     ];

@@ -71,3 +71,86 @@ fn every_quantizer_alone_and_every_step_alone() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--w8-auto`'s ranking measures: a layer whose 4-bit weights are made far coarser ranks first,
+/// every ranked layer's error is the one `analyse` measures for its weights alone, and the
+/// pipeline keeps the top-ranked layers at 8 bits and says so in the file.
+#[test]
+fn weight_ranking_finds_a_damaged_layer_and_the_pipeline_keeps_it_at_8_bits() {
+    use edadm_quantizer::pipeline::{Options, quantize};
+    use edadm_quantizer::quant::sensitivity::rank_weights;
+    let model = tiny();
+    let net = Net::from_model(&model, &Device::Cpu).unwrap();
+    let [c, h, w] = model.sample_shape();
+    let n = 16;
+    let mut rng = Rng::new(9);
+    let steps = model.schedule().unwrap().len();
+    let set = CalibSet {
+        sample_shape: [c, h, w],
+        x: (0..n * c * h * w).map(|_| rng.normal() as f32).collect(),
+        t: (0..n).map(|j| ((j * 7) % steps) as f32).collect(),
+        step: (0..n as u32).collect(),
+        steps: n,
+        tdac: None,
+        provenance: vec![("method".into(), "synthetic".into())],
+    };
+    let cfg = QuantizeConfig::official(4, Recon::None);
+    let q = quant::weights_nearest(&net, &set, &cfg.structure).unwrap();
+    let low: Vec<usize> =
+        (0..q.nodes.len()).filter(|&i| matches!(&q.nodes[i], Some(NodeQ::Weight(w)) if w.bits < 8)).collect();
+    assert!(low.len() >= 2, "the tiny model has {} layers below 8 bits", low.len());
+    let scfg = SensitivityConfig { sampler: SamplerConfig::ddim(3, Skip::Quad), images: 2, range: [-1.0, 1.0] };
+    let schedule = model.schedule().unwrap();
+
+    let ranks = rank_weights(&net, &q, &schedule, &scfg, &mut |_, _| {}).unwrap();
+    assert_eq!(ranks.len(), low.len());
+    assert!(ranks.windows(2).all(|p| p[0].mse >= p[1].mse), "most harmful first");
+    assert!(ranks.iter().all(|r| r.mse.is_finite() && r.mse > 0.0 && r.params > 0));
+    let s = analyse(&net, &q, &schedule, &scfg, &mut |_, _| {}).unwrap();
+    for r in &ranks {
+        let v = s.quantizers.iter().find(|v| v.name == format!("{} weights", r.name)).unwrap();
+        assert_eq!(v.mse, r.mse, "{}", r.name);
+    }
+
+    // A layer from the lower half of the ranking, its grid made 8× coarser, becomes the most
+    // harmful (the tiny model's attention k and q barely move its images, whatever their grid).
+    let victim = ranks[ranks.len() / 2].node;
+    let mut damaged = q.clone();
+    let Some(NodeQ::Weight(wn)) = &mut damaged.nodes[victim] else { unreachable!() };
+    for g in &mut wn.groups {
+        g.scales.iter_mut().for_each(|d| *d *= 8.0);
+    }
+    wn.ints.iter_mut().for_each(|v| *v = (f32::from(*v) / 8.0).round() as i8);
+    let ranks = rank_weights(&net, &damaged, &schedule, &scfg, &mut |_, _| {}).unwrap();
+    assert_eq!(ranks[0].node, victim, "{ranks:?}");
+
+    // The pipeline keeps the top-ranked layer at 8 bits and records the choice.
+    let top = rank_weights(
+        &net,
+        &q,
+        &schedule,
+        &SensitivityConfig { sampler: SamplerConfig::ddim(2, Skip::Quad), images: 3, ..scfg },
+        &mut |_, _| {},
+    )
+    .unwrap()[0]
+        .clone();
+    let opts = Options {
+        wbits: 4,
+        w8_auto: Some(1),
+        gptq: Some(false),
+        w8_auto_images: 3,
+        w8_auto_steps: 2,
+        recon: Some(Recon::None),
+        holdout: Some(8),
+        ..Options::default()
+    };
+    let out = quantize(&model, &set, &opts, None, &mut |_| {}).unwrap();
+    let Some(NodeQ::Weight(wn)) = &out.model.nodes[top.node] else { unreachable!() };
+    assert_eq!(wn.bits, 8, "{}", top.name);
+    let meta = |k: &str| out.metadata.iter().find(|(key, _)| key == k).map(|(_, v)| format!("{v:?}")).unwrap();
+    assert!(meta("quant.w8_layers").contains(&top.name), "{}", meta("quant.w8_layers"));
+    assert!(meta("quant.w8_auto").contains('1'), "{}", meta("quant.w8_auto"));
+    let still_low =
+        low.iter().filter(|&&i| matches!(&out.model.nodes[i], Some(NodeQ::Weight(w)) if w.bits == 4)).count();
+    assert_eq!(still_low, low.len() - 1);
+}

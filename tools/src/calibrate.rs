@@ -8,7 +8,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use edadm_quantizer::calib::{self, Eps, Method};
 use edadm_runtime::Model;
-use edadm_runtime::sampler::{SamplerConfig, SamplerKind, Skip};
+use edadm_runtime::sampler::Skip;
+
+use crate::sampler_args::SamplerArgs;
 
 /// How to build a calibration set (shared by `edadm calibrate` and `edadm quantize`).
 #[derive(clap::Args, Debug, Clone)]
@@ -27,18 +29,9 @@ pub struct CalibOpts {
     /// (the official code: 3.0, fitted to CIFAR-10).
     #[arg(long, default_value = "median")]
     pub eps: String,
-    /// Sampler of the trajectories (the task's sampler).
-    #[arg(long, default_value = "ddim", value_parser = ["ddim", "ddpm", "plms", "dpm-solver++"])]
-    pub sampler: String,
-    /// Sampler steps.
-    #[arg(long, default_value_t = 100)]
-    pub steps: usize,
-    /// Timestep spacing.
-    #[arg(long, default_value = "quad", value_parser = ["uniform", "quad"])]
-    pub skip: String,
-    /// DDIM η.
-    #[arg(long, default_value_t = 0.0)]
-    pub eta: f32,
+    /// The trajectories' sampler (the task's sampler; `--skip` defaults to quad).
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
     /// Images per FP evaluation while sampling trajectories.
     #[arg(long, default_value_t = 64)]
     pub sample_batch: usize,
@@ -91,7 +84,7 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
 
 /// Samples FP trajectories and selects the calibration set; returns it with the sampling time.
 pub fn build(model: &Model, path: &std::path::Path, a: &CalibOpts) -> Result<(calib::CalibSet, f64)> {
-    if a.n_calib == 0 || a.sample_batch == 0 || a.steps == 0 {
+    if a.n_calib == 0 || a.sample_batch == 0 || a.sampler.steps == 0 {
         bail!("--n-calib, --sample-batch and --steps must be at least 1");
     }
     let Some(eps) = Eps::parse(&a.eps) else {
@@ -116,15 +109,7 @@ pub fn build(model: &Model, path: &std::path::Path, a: &CalibOpts) -> Result<(ca
         ),
         _ => None,
     };
-    let cfg = SamplerConfig {
-        kind: SamplerKind::from_name(&a.sampler).expect("clap checked the sampler"),
-        steps: a.steps,
-        skip: Skip::from_name(&a.skip).expect("clap checked the skip"),
-        eta: a.eta,
-        clip_x0: None,
-        seed: a.seed,
-        first_image: 0,
-    };
+    let cfg = a.sampler.config(Skip::Quad, None, a.seed);
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template("{spinner} FP trajectories [{bar:30}] {pos}/{len} steps, {eta} left")
             .expect("valid template")
@@ -144,7 +129,7 @@ pub fn build(model: &Model, path: &std::path::Path, a: &CalibOpts) -> Result<(ca
     }
     set.provenance.extend([
         ("model".to_string(), path.display().to_string()),
-        ("sampler".into(), format!("{} {} steps, {} skip, eta {}", a.sampler, a.steps, a.skip, a.eta)),
+        ("sampler".into(), a.sampler.describe(Skip::Quad)),
         ("trajectories".into(), a.n_calib.to_string()),
     ]);
     if let Some((_, what)) = &feature {

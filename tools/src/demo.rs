@@ -126,10 +126,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         n_calib: a.n_calib,
         lambda: 1.2,
         eps: "median".into(),
-        sampler: "ddim".into(),
-        steps: a.calib_steps,
-        skip: "quad".into(),
-        eta: 0.0,
+        sampler: crate::sampler_args::SamplerArgs::ddim(a.calib_steps, Skip::Quad),
         sample_batch: 32,
         seed: 1234,
     };

@@ -15,7 +15,9 @@ use edadm_eval::images::Images;
 use edadm_eval::inception::{FEATURES, Inception};
 use edadm_format::graph::Prediction;
 use edadm_runtime::Result as RtResult;
-use edadm_runtime::sampler::{Denoiser, Sampler, SamplerConfig, SamplerKind, Skip, noise};
+use edadm_runtime::sampler::{Denoiser, Sampler, SamplerConfig, Skip, noise};
+
+use crate::sampler_args::SamplerArgs;
 use edadm_runtime::{Model, Session, SessionOptions};
 
 use crate::output::{atomic_write, png_grid};
@@ -46,18 +48,8 @@ pub struct EvalArgs {
     /// Samples to generate (image i always gets noise stream i, whatever the batch).
     #[arg(short = 'n', long, default_value_t = 1000)]
     num: usize,
-    /// Sampler steps.
-    #[arg(long, default_value_t = 100)]
-    steps: usize,
-    /// Sampler.
-    #[arg(long, default_value = "ddim", value_parser = ["ddim", "ddpm", "plms", "dpm-solver++"])]
-    sampler: String,
-    /// Time-step spacing.
-    #[arg(long, default_value = "uniform", value_parser = ["uniform", "quad"])]
-    skip: String,
-    /// DDIM η.
-    #[arg(long, default_value_t = 0.0)]
-    eta: f32,
+    #[command(flatten)]
+    sampler: SamplerArgs,
     /// DDPM: clip the x₀ estimate to the data range (`--range`).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     clip_x0: bool,
@@ -153,15 +145,7 @@ struct Generated {
 
 /// The sampler of `a` for `model` (whose data range the DDPM x₀ clip follows).
 fn sampler_config(a: &EvalArgs, model: &Model) -> SamplerConfig {
-    SamplerConfig {
-        kind: SamplerKind::from_name(&a.sampler).expect("clap checked the sampler"),
-        steps: a.steps,
-        skip: Skip::from_name(&a.skip).expect("clap checked the skip"),
-        eta: a.eta,
-        clip_x0: a.clip_x0.then(|| crate::sample::data_range(model, a.range)),
-        seed: a.seed,
-        first_image: 0,
-    }
+    a.sampler.config(Skip::Uniform, a.clip_x0.then(|| crate::sample::data_range(model, a.range)), a.seed)
 }
 
 /// `n` samples of `path` in batches of `batch`; image `i` starts from noise stream `i`.
@@ -290,7 +274,7 @@ fn is_stats_file(p: &Path) -> bool {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    if a.num == 0 || a.batch == 0 || a.threads == 0 || a.steps == 0 {
+    if a.num == 0 || a.batch == 0 || a.threads == 0 || a.sampler.steps == 0 {
         bail!("-n, --batch, --threads and --steps must be at least 1");
     }
     if a.reference.is_some() != a.inception.is_some() {
@@ -334,7 +318,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let m = Model::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         Ok(crate::sample::data_range(&m, None))
     };
-    let sampler_desc = format!("{} {} steps ({} skip, eta {}), seed {}", a.sampler, a.steps, a.skip, a.eta, a.seed);
+    let sampler_desc = format!("{}, seed {}", a.sampler.describe(Skip::Uniform), a.seed);
     let (samples, generated, range) = if let Some(p) = &a.samples {
         let imgs = Images::read(p).context("cannot read the samples")?;
         let imgs = imgs.truncate(a.num);

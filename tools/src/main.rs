@@ -10,6 +10,7 @@ mod inspect;
 mod output;
 mod quantize;
 mod sample;
+mod sampler_args;
 mod train;
 
 use std::path::PathBuf;
@@ -32,7 +33,7 @@ enum Command {
     /// Sample FP trajectories and select a calibration set (TDAC or a baseline).
     Calibrate(calibrate::CalibrateArgs),
     /// Quantize an FP model with EDA-DM (TDAC + FBR) or a baseline and export the integer model.
-    Quantize(quantize::QuantizeArgs),
+    Quantize(Box<quantize::QuantizeArgs>),
     /// Generate samples with a model and write them as a PNG grid.
     Sample(sample::SampleArgs),
     /// Measure a model: latency per evaluation, step and image, peak memory, kernels per op.
@@ -96,7 +97,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Import(a) => Ok(import_cmd::run(a)?),
         Command::Calibrate(a) => Ok(calibrate::run(a)?),
         Command::Sample(a) => Ok(sample::run(a)?),
-        Command::Quantize(a) => Ok(quantize::run(a)?),
+        Command::Quantize(a) => Ok(quantize::run(*a)?),
         Command::Bench(a) => Ok(bench::run(a)?),
         Command::Train(a) => Ok(train::run(a)?),
         Command::Demo(a) => Ok(demo::run(a)?),

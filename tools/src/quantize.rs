@@ -12,6 +12,7 @@ use edadm_quantizer::net::Net;
 use edadm_quantizer::pipeline::{self, Options, Resume};
 use edadm_quantizer::quant::{self, Event, Recon};
 use edadm_runtime::Model;
+use edadm_runtime::sampler::{SamplerConfig, Skip};
 
 use crate::calibrate::CalibOpts;
 
@@ -35,9 +36,11 @@ pub struct QuantizeArgs {
     #[arg(long)]
     calib_set: Option<PathBuf>,
     /// Reconstruction: EDA-DM's FBR, BRECQ's block-wise, layer-wise, none (initialisation only),
-    /// or `auto`: none at 8-bit weights, block-wise at 4 — what measured best on final images
-    /// (docs/RESULTS.md: at W8A8 reconstruction lowered the PSNR against FP; at W4A8 block-wise
-    /// beat FBR over three calibration seeds on mnist-unet and in the ablation on fmnist-ddpm).
+    /// or `auto`: none at 7–8-bit weights; at 4 bits none either (GPTQ rounding and four 8-bit
+    /// layers, `--weight-round auto`, `--w8-auto`); block-wise at 5–6 — what measured best on
+    /// final images (docs/RESULTS.md: at W8A8 reconstruction lowered the PSNR against FP; at
+    /// W4A8 four measured 8-bit layers with GPTQ rounding beat every reconstruction on mnist-unet
+    /// and matched block-wise on fmnist-ddpm, over three calibration seeds).
     #[arg(long, default_value = "auto", value_parser = ["auto", "fbr", "block", "layer", "none"])]
     recon: String,
     /// FBR: weight γ of the layer losses.
@@ -102,12 +105,26 @@ pub struct QuantizeArgs {
     /// `--sensitivity` ranks as costing the most (the runtime runs each layer at its own width).
     #[arg(long, value_delimiter = ',')]
     w8_layers: Vec<String>,
+    /// Below `--wbits 8`, this many more layers keep 8-bit weights, chosen by measurement before
+    /// quantizing: each layer's low-bit weights alone (nearest rounding, everything else FP) are
+    /// sampled from fixed noise and the layers that move the final images furthest from FP are
+    /// kept at 8 bits (a weights-only `--sensitivity`: one DDIM run per layer). Default: 4 at
+    /// `--wbits 4`, 0 otherwise.
+    #[arg(long)]
+    w8_auto: Option<usize>,
+    /// Images of the `--w8-auto` ranking.
+    #[arg(long, default_value_t = 8)]
+    w8_auto_images: usize,
+    /// DDIM steps (quad skip) of the `--w8-auto` ranking.
+    #[arg(long, default_value_t = 10)]
+    w8_auto_steps: usize,
     /// Weight rounding before any reconstruction: to the nearest level of each channel's grid,
     /// or GPTQ (each layer's columns rounded in turn, the error spread over the columns not
     /// rounded yet through the inverse Hessian of the layer's FP inputs on the calibration
     /// samples; transposed convolutions round to nearest). Reconstruction (`--recon`) learns its
     /// own rounding from the FP weights on top of either.
-    #[arg(long, default_value = "nearest", value_parser = ["nearest", "gptq"])]
+    /// `auto`: GPTQ at 4-bit weights, nearest above (what measured best, docs/RESULTS.md).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "nearest", "gptq"])]
     weight_round: String,
     /// Q-Diffusion's split of the skip convolution on decoder concatenations (official: on).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -158,7 +175,7 @@ fn calib_defaults_changed(o: &CalibOpts) -> Vec<&'static str> {
     if o.eps != "median" {
         v.push("--eps");
     }
-    if o.sampler != "ddim" || o.steps != 100 || o.skip != "quad" || o.eta != 0.0 {
+    if o.sampler.config(Skip::Quad, None, 0) != SamplerConfig::ddim(100, Skip::Quad) {
         v.push("--sampler/--steps/--skip/--eta");
     }
     v
@@ -205,7 +222,13 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         fp_input_layer: a.fp_input_layer,
         fp_layers: a.fp_layers.clone(),
         w8_layers: a.w8_layers.clone(),
-        gptq: a.weight_round == "gptq",
+        w8_auto: a.w8_auto,
+        w8_auto_images: a.w8_auto_images,
+        w8_auto_steps: a.w8_auto_steps,
+        gptq: match a.weight_round.as_str() {
+            "auto" => None,
+            r => Some(r == "gptq"),
+        },
         split: a.split,
     };
     let method = opts.recon_method();
@@ -338,17 +361,8 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
 }
 
 fn sensitivity(model: &Model, net: &Net, q: &quant::QModel, a: &QuantizeArgs, dir: &std::path::Path) -> Result<()> {
-    use edadm_runtime::sampler::{SamplerConfig, SamplerKind, Skip};
     let cfg = quant::sensitivity::SensitivityConfig {
-        sampler: SamplerConfig {
-            kind: SamplerKind::from_name(&a.calib.sampler).expect("clap checked the sampler"),
-            steps: a.sens_steps,
-            skip: Skip::from_name(&a.calib.skip).expect("clap checked the skip"),
-            eta: a.calib.eta,
-            clip_x0: None,
-            seed: 0,
-            first_image: 0,
-        },
+        sampler: SamplerConfig { steps: a.sens_steps, ..a.calib.sampler.config(Skip::Quad, None, 0) },
         images: a.sens_images,
         range: crate::sample::data_range(model, None),
     };

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use edadm_runtime::sampler::{Sampler, SamplerConfig, SamplerKind, Skip, noise};
+use edadm_runtime::sampler::{Sampler, Skip, noise};
+
+use crate::sampler_args::SamplerArgs;
 use edadm_runtime::{Model, Session, SessionOptions};
 
 use crate::output::{npy, png_grid};
@@ -17,18 +19,8 @@ pub struct SampleArgs {
     /// Number of samples.
     #[arg(short = 'n', long, default_value_t = 16)]
     num: usize,
-    /// Sampler steps.
-    #[arg(long, default_value_t = 100)]
-    steps: usize,
-    /// Sampler.
-    #[arg(long, default_value = "ddim", value_parser = ["ddim", "ddpm", "plms", "dpm-solver++"])]
-    sampler: String,
-    /// Time-step spacing.
-    #[arg(long, default_value = "uniform", value_parser = ["uniform", "quad"])]
-    skip: String,
-    /// DDIM η (0: deterministic).
-    #[arg(long, default_value_t = 0.0)]
-    eta: f32,
+    #[command(flatten)]
+    sampler: SamplerArgs,
     /// Seed of the initial noise and of the noise added while sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -135,17 +127,9 @@ pub fn run(a: SampleArgs) -> Result<()> {
         },
     )
     .with_context(|| format!("cannot run {}", a.model.display()))?;
-    let kind = SamplerKind::from_name(&a.sampler).expect("clap checked the sampler");
     let range = data_range(&model, a.range);
-    let cfg = SamplerConfig {
-        kind,
-        steps: a.steps,
-        skip: Skip::from_name(&a.skip).expect("clap checked the skip"),
-        eta: a.eta,
-        clip_x0: a.clip_x0.then_some(range),
-        seed: a.seed,
-        first_image: 0,
-    };
+    let cfg = a.sampler.config(Skip::Uniform, a.clip_x0.then_some(range), a.seed);
+    let kind = cfg.kind;
     let len = session.sample_len();
     let mut sampler = Sampler::new(&schedule, cfg, batch, len)?;
     let chunks = a.num.div_ceil(batch);
@@ -191,8 +175,8 @@ pub fn run(a: SampleArgs) -> Result<()> {
         a.num,
         kind.name(),
         sampler.num_steps(),
-        a.skip,
-        a.eta,
+        cfg.skip.name(),
+        cfg.eta,
         a.seed
     );
     println!(

@@ -324,7 +324,7 @@ fn quantize_with_each_activation_initialisation() {
     assert!(!bad.exists());
     // The default recipe (docs/RESULTS.md): no reconstruction at 8-bit weights, percentile
     // 99.999, corrected biases, an f32 output layer, one table for every step (a minor-0 file);
-    // at 4-bit weights block-wise reconstruction.
+    // at 4-bit weights GPTQ rounding and four measured 8-bit layers, no reconstruction.
     let def = d.join("default.edq");
     let plain = ["quantize", model.as_str(), "--calib-set", calib.to_str().unwrap(), "--holdout", "8"];
     let r = edadm(&[&plain[..], &["-o", def.to_str().unwrap()]].concat());
@@ -333,9 +333,31 @@ fn quantize_with_each_activation_initialisation() {
         serde_json::from_slice(&edadm(&["inspect", p.to_str().unwrap(), "--json"]).stdout).unwrap()
     };
     let w4 = d.join("w4.edq");
-    let r = edadm(&[&plain[..], &["--wbits", "4", "--iters", "2", "-o", w4.to_str().unwrap()]].concat());
+    let r = edadm(&[&plain[..], &["--wbits", "4", "-o", w4.to_str().unwrap()]].concat());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v4 = meta(&w4);
+    assert_eq!(v4["metadata"]["quant.reconstruction"], "none");
+    assert_eq!(v4["metadata"]["quant.weight_round"], "gptq");
+    assert_eq!(v4["metadata"]["quant.w8_auto"], 4);
+    // The four layers the ranking chose keep 8-bit weights, and the progress names them.
+    let chosen: Vec<&str> = v4["metadata"]["quant.w8_layers"].as_str().unwrap().split(',').collect();
+    assert_eq!(chosen.len(), 4, "{chosen:?}");
+    for name in &chosen {
+        let n = v4["graph"]["nodes"].as_array().unwrap().iter().find(|n| n["name"] == *name).unwrap();
+        assert_eq!(n["weight_bits"], 8, "{n}");
+    }
+    assert!(String::from_utf8_lossy(&r.stderr).contains(&format!("8-bit weights for {}", chosen.join(", "))));
+    // Block-wise reconstruction at 4 bits when asked, without the 8-bit layers when asked.
+    let r = edadm(
+        &[
+            &plain[..],
+            &["--wbits", "4", "--recon", "block", "--iters", "2", "--w8-auto", "0", "-o", w4.to_str().unwrap()],
+        ]
+        .concat(),
+    );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(meta(&w4)["metadata"]["quant.reconstruction"], "block");
+    assert_eq!(meta(&w4)["metadata"]["quant.w8_layers"], "");
     // 7-bit weights: no reconstruction by default, a minor-2 file; widths outside 4–8 refused
     // with one line and no output.
     let w7 = d.join("w7.edq");

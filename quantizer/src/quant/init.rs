@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::Tensor;
 
 use super::hooks::{Only, QHooks};
-use super::model::{self, ActQ, QModel, StepActs};
+use super::model::{self, ActQ, QModel, StepActs, Structure};
 use super::{QuantizeConfig, gptq, sample_batch};
 use crate::calib::CalibSet;
 use crate::error::{QuantError, Result};
@@ -42,6 +42,12 @@ pub fn initialise(
 
 /// The quantized model with its weights rounded (nearest, or GPTQ on the samples `rows`) and
 /// placeholder activation quantizers.
+/// `structure`'s weight quantizers with nearest rounding and no activation quantizer
+/// initialised (what a weights-only analysis needs: no calibration forward pass).
+pub fn weights_nearest(net: &Net, calib: &CalibSet, structure: &Structure) -> Result<QModel> {
+    QModel::new(net, structure.clone(), &channel_counts(net, calib)?)
+}
+
 pub(super) fn weights_rounded(net: &Net, calib: &CalibSet, rows: &[usize], cfg: &QuantizeConfig) -> Result<QModel> {
     let mut q = QModel::new(net, cfg.structure.clone(), &channel_counts(net, calib)?)?;
     if cfg.gptq {

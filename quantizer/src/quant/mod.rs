@@ -18,7 +18,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 pub use hooks::{Only, QHooks, Trainable};
-pub use init::{initialise, with_step_groups};
+pub use init::{initialise, weights_nearest, with_step_groups};
 pub use model::{ActQ, NodeQ, QModel, StepActs, Structure, WGroup, WNode};
 pub use recon::{IterProgress, Recon, ReconConfig, UnitReport, UnitSpec};
 

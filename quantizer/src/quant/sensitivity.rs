@@ -133,6 +133,103 @@ fn units(net: &Net, q: &QModel) -> Vec<(String, &'static str, Only)> {
     v
 }
 
+/// The fixed noise and sampler every variant is sampled with.
+struct Fixture<'a> {
+    net: &'a Net,
+    n: usize,
+    prediction: Prediction,
+    sampler: Sampler,
+    z: Vec<f32>,
+}
+
+impl<'a> Fixture<'a> {
+    fn new(net: &'a Net, schedule: &Schedule, cfg: &SensitivityConfig) -> Result<Self> {
+        let n = cfg.images;
+        if n == 0 || cfg.range[1].partial_cmp(&cfg.range[0]) != Some(std::cmp::Ordering::Greater) {
+            return Err(QuantError::Invalid("sensitivity: at least one image and a non-empty data range".into()));
+        }
+        let per: usize = net.sample_shape().iter().product();
+        let sampler = Sampler::new(schedule, cfg.sampler, n, n * per)
+            .map_err(|e| QuantError::Invalid(format!("sensitivity sampler: {e}")))?;
+        let mut z = vec![0f32; n * per];
+        noise::initial_noise(cfg.sampler.seed, 0, &mut z, n);
+        Ok(Fixture { net, n, prediction: net.graph.outputs[0].prediction, sampler, z })
+    }
+
+    /// Samples from the fixed noise with `pick(call)`'s hooks at each model call.
+    fn sample<'h>(&mut self, pick: &'h dyn Fn(usize) -> &'h dyn Hooks) -> Result<Vec<f32>>
+    where
+        'a: 'h,
+    {
+        let mut d = NetDenoiser { net: self.net, batch: self.n, prediction: self.prediction, per_call: pick, call: 0 };
+        let mut x = self.z.clone();
+        self.sampler.run(&mut d, &mut x, &mut |_, _| {}).map_err(|e| QuantError::Invalid(e.to_string()))?;
+        Ok(x)
+    }
+
+    /// Samples with the same hooks at every call.
+    fn sample_with(&mut self, hooks: &dyn Hooks) -> Result<Vec<f32>> {
+        let pick = |_: usize| hooks;
+        self.sample(&pick)
+    }
+}
+
+/// A weighted node ranked by [`rank_weights`].
+#[derive(Clone, Debug, Serialize)]
+pub struct WeightRank {
+    /// Node index in the graph.
+    pub node: usize,
+    /// Node name.
+    pub name: String,
+    /// Final-image MSE against FP (in `[0, 1]` units) with only this node's weights quantized.
+    pub mse: f64,
+    /// Its parameter count.
+    pub params: usize,
+}
+
+/// The weighted nodes of `q` below 8-bit weights, most harmful first, by the final-image error when only that
+/// node's weights are quantized (everything else FP): one FP run and one sampling run per node,
+/// none of [`analyse`]'s per-step measurements — what `--w8-auto` takes to choose the layers that
+/// keep 8-bit weights. `progress(done, total)` counts sampling runs.
+pub fn rank_weights(
+    net: &Net,
+    q: &QModel,
+    schedule: &Schedule,
+    cfg: &SensitivityConfig,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<WeightRank>> {
+    let mut fx = Fixture::new(net, schedule, cfg)?;
+    let weights = q.weight_tensors(net)?;
+    // Nodes already at 8 bits have nothing to gain.
+    let nodes: Vec<(usize, usize)> = q
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| match n {
+            Some(NodeQ::Weight(w)) if w.bits < 8 => Some((i, w.ints.len())),
+            _ => None,
+        })
+        .collect();
+    let total = 1 + nodes.len();
+    let fp_final = fx.sample_with(&Fp)?;
+    progress(1, total);
+    let mut ranks = Vec::with_capacity(nodes.len());
+    for (k, &(ni, params)) in nodes.iter().enumerate() {
+        let only = Only { acts: Default::default(), weights: [ni].into() };
+        let hooks = QHooks::new(q, &weights).only(&only);
+        let x = fx.sample_with(&hooks)?;
+        ranks.push(WeightRank {
+            node: ni,
+            name: net.graph.nodes[ni].name.clone(),
+            mse: mse(&x, &fp_final, cfg.range),
+            params,
+        });
+        progress(2 + k, total);
+    }
+    ranks.sort_by(|a, b| b.mse.total_cmp(&a.mse));
+    Ok(ranks)
+}
+
 /// Runs the analysis. `progress(done, total)` counts sampling runs.
 pub fn analyse(
     net: &Net,
@@ -141,17 +238,9 @@ pub fn analyse(
     cfg: &SensitivityConfig,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Sensitivity> {
-    let n = cfg.images;
-    if n == 0 || cfg.range[1].partial_cmp(&cfg.range[0]) != Some(std::cmp::Ordering::Greater) {
-        return Err(QuantError::Invalid("sensitivity: at least one image and a non-empty data range".into()));
-    }
-    let per: usize = net.sample_shape().iter().product();
-    let prediction = net.graph.outputs[0].prediction;
-    let mut sampler = Sampler::new(schedule, cfg.sampler, n, n * per)
-        .map_err(|e| QuantError::Invalid(format!("sensitivity sampler: {e}")))?;
-    let steps = sampler.model_calls();
-    let mut z = vec![0f32; n * per];
-    noise::initial_noise(cfg.sampler.seed, 0, &mut z, n);
+    let mut fx = Fixture::new(net, schedule, cfg)?;
+    let n = fx.n;
+    let steps = fx.sampler.model_calls();
     let weights = q.weight_tensors(net)?;
     let list = units(net, q);
     let total = 1 + list.len() + 1 + steps;
@@ -182,19 +271,17 @@ pub fn analyse(
             }
         }
         let pick = |_: usize| fp_hooks;
-        let mut d = Rec { inner: NetDenoiser { net, batch: n, prediction, per_call: &pick, call: 0 }, rec: &mut rec };
-        let mut x = z.clone();
-        sampler.run(&mut d, &mut x, &mut |_, _| {}).map_err(|e| QuantError::Invalid(e.to_string()))?;
+        let inner = NetDenoiser { net, batch: n, prediction: fx.prediction, per_call: &pick, call: 0 };
+        let mut d = Rec { inner, rec: &mut rec };
+        let mut x = fx.z.clone();
+        fx.sampler.run(&mut d, &mut x, &mut |_, _| {}).map_err(|e| QuantError::Invalid(e.to_string()))?;
         x
     };
     done += 1;
     progress(done, total);
 
     let mut measure = |name: String, kind: &'static str, hooks: &dyn Hooks| -> Result<Variant> {
-        let pick = |_: usize| hooks;
-        let mut d = NetDenoiser { net, batch: n, prediction, per_call: &pick, call: 0 };
-        let mut x = z.clone();
-        sampler.run(&mut d, &mut x, &mut |_, _| {}).map_err(|e| QuantError::Invalid(e.to_string()))?;
+        let x = fx.sample_with(hooks)?;
         let err = mse(&x, &fp_final, cfg.range);
         let mut per_step = Vec::with_capacity(rec.len());
         for (xi, ti, eps_fp) in &rec {
@@ -219,14 +306,12 @@ pub fn analyse(
     progress(done, total);
     quantizers.sort_by(|a, b| a.psnr_db.total_cmp(&b.psnr_db));
 
-    let timesteps = sampler.timesteps().to_vec();
+    let timesteps = fx.sampler.timesteps().to_vec();
     let mut per_step = Vec::with_capacity(steps);
     for k in 0..steps {
         let all_ref: &dyn Hooks = &all;
         let pick = move |c: usize| if c == k { all_ref } else { fp_hooks };
-        let mut d = NetDenoiser { net, batch: n, prediction, per_call: &pick, call: 0 };
-        let mut x = z.clone();
-        sampler.run(&mut d, &mut x, &mut |_, _| {}).map_err(|e| QuantError::Invalid(e.to_string()))?;
+        let x = fx.sample(&pick)?;
         let t = timesteps.get(timesteps.len().saturating_sub(1 + k)).copied().unwrap_or(-1);
         per_step.push((t, psnr(&x, &fp_final, cfg.range)));
         done += 1;

@@ -91,6 +91,14 @@ impl Skip {
             _ => None,
         }
     }
+
+    /// `uniform` or `quad`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Skip::Uniform => "uniform",
+            Skip::Quad => "quad",
+        }
+    }
 }
 
 /// The ascending timestep sequence of the ddim repository (`seq`), duplicates included: the
