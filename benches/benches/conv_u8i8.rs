@@ -2,7 +2,8 @@
 //! DDPM UNet (METHOD.md §5.1: 128 channels at 32×32, 256 at 16×16, 8×8 and 4×4), batch 1 and
 //! 8, with the f32 convolution of the same shape beside it. Throughput is in MACs (criterion's
 //! "elements"). The scalar reference runs at batch 1 only. Tiers with a kernel for weights in
-//! `[−64, 63]` (AVX2, AVX-512F: `vpmaddubsw`) run again with 7-bit weights as `{tier}_w7`.
+//! `[−64, 63]` (AVX2, AVX-512F: `vpmaddubsw`) run again with 7-bit weights as `{tier}_w7`, and
+//! with 4-bit weights (`[−8, 7]`, i16 accumulation) as `{tier}_w4`.
 //!
 //! Groups: `conv_u8i8/{variant}/{layer}_b{batch}`, `conv_f32/{variant}/{layer}_b{batch}`,
 //! `gemm_u8i8/{variant}/{M}x{N}x{K}`.
@@ -41,8 +42,11 @@ fn bench_convs(c: &mut Criterion) {
             println!("skipped: {} (this CPU lacks it)", tier.name());
             continue;
         };
-        let variants: &[(&str, usize)] =
-            if k.qgemm_variants().len() > 1 { &[("", 255), ("_w7", 128)] } else { &[("", 255)] };
+        let variants: &[(&str, usize)] = match k.qgemm_variants().len() {
+            1 => &[("", 255)],
+            2 => &[("", 255), ("_w7", 128)],
+            _ => &[("", 255), ("_w7", 128), ("_w4", 16)],
+        };
         for &(suffix, span) in variants {
             for &(name, cin, cout, hw, ks, stride, pad) in LAYERS {
                 for n in [1usize, 8] {
@@ -120,7 +124,11 @@ fn bench_gemm(c: &mut Criterion) {
     for &tier in Tier::compiled() {
         let Some(k) = Kernels::for_tier(tier) else { continue };
         for (kern, [lo, hi]) in k.qgemm_variants() {
-            let suffix = if lo > i8::MIN { "_w7" } else { "" };
+            let suffix = match lo {
+                i8::MIN => "",
+                -64 => "_w7",
+                _ => "_w4",
+            };
             for (m, n, kk) in [(128usize, 1024usize, 1152usize), (256, 256, 2304), (256, 512, 2304), (256, 64, 2304)] {
                 if tier == Tier::Reference && m * n * kk > 200_000_000 {
                     continue;

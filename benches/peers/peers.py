@@ -13,6 +13,7 @@ ranges from a few random (x_t, t)), and times one UNet evaluation of every conte
   edadm W8A8   `edadm bench MODELS/ARCH-w8a8.edq --json` (the integer runtime)
   ORT INT8     the QDQ model in onnxruntime (all graph optimisations)
   (--reduce-range) edadm W7A8 (MODELS/ARCH-w7a8.edq) and ORT INT8 with 7-bit weights
+  (--w4)       edadm W4A8 (MODELS/ARCH-w4a8.edq), set beside ORT INT8 (which has no 4-bit weights)
   edadm f32    `edadm bench MODELS/ARCH-f32.edq --json`
   ORT FP32     the exported f32 model in onnxruntime
   PyTorch FP32 the module itself (inference mode)
@@ -128,11 +129,15 @@ def main():
     ap.add_argument('--reduce-range', action='store_true',
                     help='also edadm W7A8 (MODELS/ARCH-w7a8.edq) beside ORT INT8 with 7-bit weights (reduce_range, '
                          "ONNX Runtime's advice for CPUs without VNNI, where its u8×s8 products may saturate)")
+    ap.add_argument('--w4', action='store_true',
+                    help='also edadm W4A8 (MODELS/ARCH-w4a8.edq; ORT INT8 has no 4-bit weights, so it is compared with '
+                         'ORT INT8)')
     ap.add_argument('--no-fp', action='store_true', help='only the integer contenders')
     ap.add_argument('--work', default=None, help='folder for the ONNX files (default: a temporary one)')
     ap.add_argument('--json', default=None, help='also write every measurement here')
     a = ap.parse_args()
-    kinds = ('w8a8',) + (('w7a8',) if a.reduce_range else ()) + (() if a.no_fp else ('f32',))
+    kinds = ('w8a8',) + (('w7a8',) if a.reduce_range else ()) + (('w4a8',) if a.w4 else ()) + \
+        (() if a.no_fp else ('f32',))
     for p in [a.edadm] + [os.path.join(a.models, f'{x}-{k}.edq') for x in a.arch for k in kinds]:
         if not os.path.isfile(p):
             sys.exit(f'peers.py: {p}: no such file (build edadm; write the models with benches/tools/unet_models.sh)')
@@ -143,6 +148,8 @@ def main():
     names = ['edadm W8A8', 'ORT INT8']
     if a.reduce_range:
         names += ['edadm W7A8', 'ORT INT8 7-bit w']
+    if a.w4:
+        names += ['edadm W4A8']
     if not a.no_fp:
         names += ['edadm f32', 'ORT FP32', 'PyTorch FP32']
     rows, record = [], []
@@ -169,6 +176,8 @@ def main():
                                                   a.runs),
                 'ORT INT8 7-bit w': lambda: time_calls(lambda: sessions['ORT INT8 7-bit w'].run(None, feed), a.warmup,
                                                        a.runs),
+                'edadm W4A8': lambda: edadm_bench(a.edadm, os.path.join(a.models, f'{arch}-w4a8.edq'), b, a.threads,
+                                                  a.runs),
                 'edadm f32': lambda: edadm_bench(a.edadm, os.path.join(a.models, f'{arch}-f32.edq'), b, a.threads,
                                                  a.runs),
                 'ORT FP32': lambda: time_calls(lambda: sessions['ORT FP32'].run(None, feed), a.warmup, a.runs),
@@ -186,8 +195,9 @@ def main():
                                    for n in names}))
     print(f'\n{a.threads} threads, median of {a.rounds} alternating rounds of {a.runs} calls (minimum), ms per UNet '
           f'evaluation; onnxruntime {onnxruntime.__version__}, torch {torch.__version__}\n')
-    pairs = [('ORT INT8', 'edadm W8A8'), ('ORT INT8 7-bit w', 'edadm W7A8'), ('ORT FP32', 'edadm f32')]
-    pairs = [(p, e) for p, e in pairs if p in names]
+    pairs = [('ORT INT8', 'edadm W8A8'), ('ORT INT8 7-bit w', 'edadm W7A8'), ('ORT INT8', 'edadm W4A8'),
+             ('ORT FP32', 'edadm f32')]
+    pairs = [(p, e) for p, e in pairs if p in names and e in names]
     print('| model | batch | ' + ' | '.join(names) + ' | ' + ' | '.join(f'{p} / {e}' for p, e in pairs) + ' |')
     print('|---' * (len(names) + len(pairs) + 2) + '|')
     for arch, b, res in rows:

@@ -144,6 +144,8 @@ pub struct Kernels {
     /// A faster u8×i8 microkernel that is exact only for weights in `[−64, 63]` (7- and 4-bit
     /// layers), where the tier has one.
     qgemm_w7: Option<QgemmKernel>,
+    /// A faster one still, exact only for weights in `[−8, 7]` (4-bit layers).
+    qgemm_w4: Option<QgemmKernel>,
 }
 
 impl Kernels {
@@ -181,7 +183,12 @@ impl Kernels {
             Tier::Avx2 | Tier::Avx512 => Some(crate::x86_64::QGEMM_AVX2_W7),
             _ => None,
         };
-        Some(Kernels { tier, sgemm, qgemm, qgemm_w7 })
+        let qgemm_w4 = match tier {
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx2 | Tier::Avx512 => Some(crate::x86_64::QGEMM_AVX2_W4),
+            _ => None,
+        };
+        Some(Kernels { tier, sgemm, qgemm, qgemm_w7, qgemm_w4 })
     }
 
     /// The tier the table was built for.
@@ -201,10 +208,13 @@ impl Kernels {
 
     /// The u8×i8 microkernel for the weights `w`: on tiers without VNNI (AVX2, AVX-512F), a
     /// `vpmaddubsw` kernel when every weight lies in `[−64, 63]` — exact there, and about 1.7×
-    /// the multiply rate — else [`Kernels::qgemm`]. Every variant gives the same bits.
+    /// the multiply rate — and one that also sums eight k-groups in i16 when every weight lies
+    /// in `[−8, 7]`; else [`Kernels::qgemm`]. Every variant gives the same bits.
     pub fn qgemm_for(&self, w: &[i8]) -> &QgemmKernel {
-        match &self.qgemm_w7 {
-            Some(k7) if w.iter().all(|&x| (-64..=63).contains(&x)) => k7,
+        let (lo, hi) = w.iter().fold((0i8, 0i8), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        match (&self.qgemm_w4, &self.qgemm_w7) {
+            (Some(k4), _) if lo >= -8 && hi <= 7 => k4,
+            (_, Some(k7)) if lo >= -64 && hi <= 63 => k7,
             _ => &self.qgemm,
         }
     }
@@ -213,6 +223,7 @@ impl Kernels {
     pub fn qgemm_variants(&self) -> Vec<(&QgemmKernel, [i8; 2])> {
         let mut v = vec![(&self.qgemm, [i8::MIN, i8::MAX])];
         v.extend(self.qgemm_w7.as_ref().map(|k| (k, [-64, 63])));
+        v.extend(self.qgemm_w4.as_ref().map(|k| (k, [-8, 7])));
         v
     }
 
@@ -222,11 +233,15 @@ impl Kernels {
     }
 
     /// The variant each op runs, as `(ops, variant)` pairs.
-    pub fn ops(&self) -> [(&'static str, &'static str); 4] {
+    pub fn ops(&self) -> [(&'static str, &'static str); 5] {
         [
             ("f32 conv/linear/attention", self.sgemm.name),
             ("u8×i8 conv/linear/attention", self.qgemm.name),
             ("u8×i8 conv/linear, weights in [−64, 63]", self.qgemm_w7.as_ref().unwrap_or(&self.qgemm).name),
+            (
+                "u8×i8 conv/linear, weights in [−8, 7]",
+                self.qgemm_w4.as_ref().or(self.qgemm_w7.as_ref()).unwrap_or(&self.qgemm).name,
+            ),
             ("quantize, norms, softmax, element-wise", self.tier.simd().name()),
         ]
     }
@@ -271,6 +286,7 @@ pub fn reference() -> Kernels {
         sgemm: crate::reference::SGEMM_REF,
         qgemm: crate::reference::QGEMM_REF,
         qgemm_w7: None,
+        qgemm_w4: None,
     }
 }
 

@@ -132,6 +132,16 @@ crate::testing::tier_test! {
             w[4095] = bad;
             assert_eq!(k.qgemm_for(&w).name, k.qgemm().name, "{bad} must take the full-range kernel");
         }
+        // 4-bit weights: the i16-accumulating kernel where the tier has one; one weight outside
+        // [−8, 7] sends the layer to the 7-bit one.
+        let mut w4 = vec![7i8; 4096];
+        w4[..2048].fill(-8);
+        let four = k.qgemm_variants().into_iter().find(|v| v.1 == [-8, 7]);
+        assert_eq!(k.qgemm_for(&w4).name, four.map_or(want, |v| v.0.name));
+        for bad in [-9, 8] {
+            w4[4095] = bad;
+            assert_eq!(k.qgemm_for(&w4).name, want, "{bad} must leave the 4-bit kernel");
+        }
     }
 }
 

@@ -9,7 +9,7 @@ mod sgemm_avx2;
 mod sgemm_avx512;
 
 pub(crate) use qgemm_avx2::QGEMM_AVX2;
-pub(crate) use qgemm_avx2_w7::QGEMM_AVX2_W7;
+pub(crate) use qgemm_avx2_w7::{QGEMM_AVX2_W4, QGEMM_AVX2_W7};
 pub(crate) use qgemm_avx512vnni::QGEMM_AVX512VNNI;
 pub(crate) use qgemm_avxvnni::QGEMM_AVXVNNI;
 pub(crate) use sgemm_avx2::SGEMM_AVX2;
