@@ -80,8 +80,8 @@ pub struct EvalArgs {
     /// trained on 28×28 images zero-padded to 32×32, scored against the unpadded test split).
     #[arg(long, value_parser = parse_crop)]
     crop: Option<[usize; 2]>,
-    /// Cache folder (reference statistics, FP samples); default $EDADM_CACHE, else
-    /// ~/.cache/edadm.
+    /// Cache folder (reference statistics, the samples of every model sampled: `--model` and `--fp`
+    /// share them, keyed by the file's bytes and the sampler); default $EDADM_CACHE, else ~/.cache/edadm.
     #[arg(long)]
     cache: Option<PathBuf>,
     /// Neither read nor write the cache.
@@ -146,6 +146,41 @@ struct Generated {
 /// The sampler of `a` for `model` (whose data range the DDPM x₀ clip follows).
 fn sampler_config(a: &EvalArgs, model: &Model) -> SamplerConfig {
     a.sampler.config(Skip::Uniform, a.clip_x0.then(|| crate::sample::data_range(model, a.range)), a.seed)
+}
+
+/// [`generate`]'s `a.num` samples of `path` from the cache when they are there (keyed by the
+/// file's bytes, the sampler, the count and the clip), else sampled and written to it; the key,
+/// and whether they came from the cache.
+fn generate_cached(
+    path: &Path,
+    a: &EvalArgs,
+    sampler_desc: &str,
+    cache_dir: Option<&Path>,
+    what: &str,
+) -> Result<(Generated, String, bool)> {
+    let key = cache::hash_str(&format!(
+        "fp-samples v1 {} {} n={} batch-independent {}",
+        cache::hash_path(path)?,
+        sampler_desc,
+        a.num,
+        // `false` keeps the keys of the sets cached before the clip followed the data range.
+        if a.clip_x0 { format!("clip-x0 to the data range {:?}", a.range) } else { "false".into() }
+    ));
+    let file = cache_dir.map(|d| d.join(format!("fp-samples-{}.safetensors", &key[..24])));
+    let cached = file.as_ref().filter(|f| f.is_file()).and_then(|f| cache::load_f32_tensor(f).ok());
+    if let Some((x, shape, _)) = cached
+        && shape.len() == 4
+        && shape[0] == a.num
+    {
+        return Ok((Generated { x, shape: [shape[1], shape[2], shape[3]], secs: 0.0 }, key, true));
+    }
+    let g = generate(path, a, a.num, what)?;
+    if let Some(f) = &file {
+        let [c, h, w] = g.shape;
+        let meta = HashMap::from([("model".to_string(), path.display().to_string())]);
+        cache::write_atomic(f, &cache::f32_tensor_bytes(&g.x, &[a.num, c, h, w], meta)?)?;
+    }
+    Ok((g, key, false))
 }
 
 /// `n` samples of `path` in batches of `batch`; image `i` starts from noise stream `i`.
@@ -328,47 +363,29 @@ pub fn run(a: EvalArgs) -> Result<()> {
     } else {
         let m = a.model.as_ref().expect("clap requires --model without --samples");
         let range = range_of(m)?;
-        let g = generate(m, &a, a.num, "sampling the model")?;
+        // Cached like the FP model's: an FP file evaluated as `--model` reuses the samples it
+        // gave as `--fp`, and the other way round.
+        let (g, _, cached) = generate_cached(m, &a, &sampler_desc, cache_dir.as_deref(), "sampling the model")?;
         let [c, h, w] = g.shape;
         let imgs = Images::from_f32(&g.x, a.num, c, h, w, range);
         report.insert(
             "model".into(),
             serde_json::json!({ "path": m.display().to_string(), "n": a.num, "sampler": sampler_desc,
-                "sampling_s": g.secs, "range": range }),
+                "sampling_s": g.secs, "cached": cached, "range": range }),
         );
-        text.push(format!("model: {} — {} samples, {sampler_desc}, {:.1} s", m.display(), a.num, g.secs));
+        let took = if cached { "from the cache".to_string() } else { format!("{:.1} s", g.secs) };
+        text.push(format!("model: {} — {} samples, {sampler_desc}, {took}", m.display(), a.num));
         (imgs, Some(g), range)
     };
 
     // The FP model's samples from the same noise (cached: every row of a table shares them).
-    let fp = if let Some(fp_path) = &a.fp {
-        let key = cache::hash_str(&format!(
-            "fp-samples v1 {} {} n={} batch-independent {}",
-            cache::hash_path(fp_path)?,
-            sampler_desc,
-            a.num,
-            // `false` keeps the keys of the sets cached before the clip followed the data range.
-            if a.clip_x0 { format!("clip-x0 to the data range {:?}", a.range) } else { "false".into() }
-        ));
-        let file = cache_dir.as_ref().map(|d| d.join(format!("fp-samples-{}.safetensors", &key[..24])));
-        let cached = file.as_ref().filter(|f| f.is_file()).and_then(|f| cache::load_f32_tensor(f).ok());
-        let g = match cached {
-            Some((x, shape, _)) if shape.len() == 4 && shape[0] == a.num => {
-                Generated { x, shape: [shape[1], shape[2], shape[3]], secs: 0.0 }
-            }
-            _ => {
-                let g = generate(fp_path, &a, a.num, "sampling the FP model")?;
-                if let Some(f) = &file {
-                    let [c, h, w] = g.shape;
-                    let meta = HashMap::from([("model".to_string(), fp_path.display().to_string())]);
-                    cache::write_atomic(f, &cache::f32_tensor_bytes(&g.x, &[a.num, c, h, w], meta)?)?;
-                }
-                g
-            }
-        };
-        Some((g, key))
-    } else {
-        None
+    let fp = match &a.fp {
+        Some(fp_path) => {
+            let (g, key, _) =
+                generate_cached(fp_path, &a, &sampler_desc, cache_dir.as_deref(), "sampling the FP model")?;
+            Some((g, key))
+        }
+        None => None,
     };
     if let (Some((fpg, _)), Some(g)) = (&fp, &generated) {
         if fpg.shape != g.shape {

@@ -79,13 +79,25 @@ fn fidelity_of_a_quantized_model_to_its_fp_model() {
     for f in ["samples.idx", "samples.png", "fp.idx", "fp.png"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    // The FP samples were cached; a different batch reads them back (noise is per image).
-    let cached: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(cached.len(), 1, "{cached:?}");
-    let q3 = run(args(&golden("tiny-w4a8.edq"), "3"));
+    // The FP model's and the model's samples were cached; a different batch reads them back
+    // (noise is per image).
+    let count = || std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(count(), 2);
+    assert_eq!(q["model"]["cached"], false, "{q}");
+    let q2 = run(args(&golden("tiny-w4a8.edq"), "2"));
+    assert_eq!(q2["model"]["cached"], true, "{q2}");
+    assert_eq!(q2["psnr_vs_fp_db"], q["psnr_vs_fp_db"]);
+    // Sampled again (no cache) at another batch: the same images (noise is per image).
+    let mut fresh = args(&golden("tiny-w4a8.edq"), "3");
+    fresh.push("--no-cache".into());
+    let q3 = run(fresh);
+    assert_eq!(q3["model"]["cached"], false, "{q3}");
     assert!((q3["psnr_vs_fp_db"].as_f64().unwrap() - psnr).abs() < 1e-3, "batch-independent: {q} vs {q3}");
-    // The FP model against itself: identical samples and outputs.
+    // The FP model against itself: identical samples and outputs; as `--model` it reads the
+    // samples it cached as `--fp`.
     let same = run(args(&golden("tiny-fp32.edq"), "2"));
+    assert_eq!(same["model"]["cached"], true, "{same}");
+    assert_eq!(count(), 2);
     assert!(same["eps_mse_per_step"].as_array().unwrap().iter().all(|v| v.as_f64() == Some(0.0)), "{same}");
     assert!(same["psnr_vs_fp_db"].is_null() || same["psnr_vs_fp_db"].as_f64().unwrap() > 100.0, "{same}");
     std::fs::remove_dir_all(&d).unwrap();
