@@ -36,11 +36,11 @@ pub struct QuantizeArgs {
     #[arg(long)]
     calib_set: Option<PathBuf>,
     /// Reconstruction: EDA-DM's FBR, BRECQ's block-wise, layer-wise, none (initialisation only),
-    /// or `auto`: none at 7–8-bit weights; at 4 bits none either (GPTQ rounding and four 8-bit
+    /// or `auto`: none at 7–8-bit weights; at 4 bits none either (GPTQ rounding and twelve 8-bit
     /// layers, `--weight-round auto`, `--w8-auto`); block-wise at 5–6 — what measured best on
     /// final images (docs/RESULTS.md: at W8A8 reconstruction lowered the PSNR against FP; at
-    /// W4A8 four measured 8-bit layers with GPTQ rounding beat every reconstruction on mnist-unet
-    /// and matched block-wise on fmnist-ddpm, over three calibration seeds).
+    /// W4A8 measured 8-bit layers with GPTQ rounding beat every reconstruction on both models over
+    /// three calibration seeds).
     #[arg(long, default_value = "auto", value_parser = ["auto", "fbr", "block", "layer", "none"])]
     recon: String,
     /// FBR: weight γ of the layer losses.
@@ -108,7 +108,7 @@ pub struct QuantizeArgs {
     /// Below `--wbits 8`, this many more layers keep 8-bit weights, chosen by measurement before
     /// quantizing: each layer's low-bit weights alone (nearest rounding, everything else FP) are
     /// sampled from fixed noise and the layers that move the final images furthest from FP are
-    /// kept at 8 bits (a weights-only `--sensitivity`: one DDIM run per layer). Default: 4 at
+    /// kept at 8 bits (a weights-only `--sensitivity`: one DDIM run per layer). Default: 12 at
     /// `--wbits 4`, 0 otherwise.
     #[arg(long)]
     w8_auto: Option<usize>,
