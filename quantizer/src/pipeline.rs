@@ -281,16 +281,7 @@ pub fn quantize_with_eval<'m>(
         )));
     }
     let mut config = opts.config(set.len(), eval.is_some())?;
-    let net = Net::from_model(model, &candle_core::Device::Cpu)?;
-    let mut opts = opts.clone();
-    let auto = opts.w8_auto_layers();
-    if auto > 0 {
-        let chosen = choose_w8_layers(model, &net, set, &opts, auto, &config, progress)?;
-        progress(Event::Stage(&format!("--w8-auto {auto}: 8-bit weights for {}", chosen.join(", "))));
-        opts.w8_layers.extend(chosen);
-        config = opts.config(set.len(), eval.is_some())?;
-    }
-    let opts = &opts;
+    // Refused before any work (the `--w8-auto` ranking takes minutes).
     if let Some(r) = resume
         && !r.resume
         && r.checkpoint.exists()
@@ -300,6 +291,15 @@ pub fn quantize_with_eval<'m>(
             r.checkpoint.display()
         )));
     }
+    let net = Net::from_model(model, &candle_core::Device::Cpu)?;
+    let mut opts = opts.clone();
+    let auto = opts.w8_auto_layers();
+    if auto > 0 {
+        let chosen = choose_w8_layers(model, &net, set, &opts, auto, &config, progress)?;
+        opts.w8_layers.extend(chosen);
+        config = opts.config(set.len(), eval.is_some())?;
+    }
+    let opts = &opts;
     let out = quant::quantize(
         &net,
         set,
@@ -351,10 +351,18 @@ fn choose_w8_layers(
             )));
         }
     })?;
-    let chosen: Vec<String> =
-        ranks.into_iter().map(|r| r.name).filter(|n| !opts.w8_layers.contains(n)).take(count).collect();
-    progress(Event::Stage(&format!("--w8-auto: ranked in {:.1} s", t0.elapsed().as_secs_f64())));
-    Ok(chosen)
+    let low: usize = ranks.iter().map(|r| r.params).sum();
+    let chosen: Vec<_> = ranks.into_iter().filter(|r| !opts.w8_layers.contains(&r.name)).take(count).collect();
+    let kept: usize = chosen.iter().map(|r| r.params).sum();
+    let names: Vec<String> = chosen.into_iter().map(|r| r.name).collect();
+    progress(Event::Stage(&format!(
+        "--w8-auto {count}: 8-bit weights for {} ({:.1} % of the {}-bit weights; ranked in {:.1} s)",
+        names.join(", "),
+        100.0 * kept as f64 / low.max(1) as f64,
+        opts.wbits,
+        t0.elapsed().as_secs_f64()
+    )));
+    Ok(names)
 }
 
 /// The `quant.*` and `calib.*` metadata of a run (docs/FORMAT.md §4.2).

@@ -13,15 +13,12 @@ fn tiny() -> Model {
     Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/../formats/tests/golden/tiny-fp32.edq")).unwrap()
 }
 
-#[test]
-fn every_quantizer_alone_and_every_step_alone() {
-    let model = tiny();
-    let net = Net::from_model(&model, &Device::Cpu).unwrap();
+/// `n` standard-normal samples at spread timesteps.
+fn noise_set(model: &Model, n: usize, seed: u64) -> CalibSet {
     let [c, h, w] = model.sample_shape();
-    let n = 16;
-    let mut rng = Rng::new(5);
+    let mut rng = Rng::new(seed);
     let steps = model.schedule().unwrap().len();
-    let set = CalibSet {
+    CalibSet {
         sample_shape: [c, h, w],
         x: (0..n * c * h * w).map(|_| rng.normal() as f32).collect(),
         t: (0..n).map(|j| ((j * 7) % steps) as f32).collect(),
@@ -29,7 +26,15 @@ fn every_quantizer_alone_and_every_step_alone() {
         steps: n,
         tdac: None,
         provenance: vec![("method".into(), "synthetic".into())],
-    };
+    }
+}
+
+#[test]
+fn every_quantizer_alone_and_every_step_alone() {
+    let model = tiny();
+    let net = Net::from_model(&model, &Device::Cpu).unwrap();
+    let [c, h, w] = model.sample_shape();
+    let set = noise_set(&model, 16, 5);
     let mut cfg = QuantizeConfig::official(8, Recon::None);
     cfg.holdout = 8;
     cfg.init_samples = 8;
@@ -81,19 +86,7 @@ fn weight_ranking_finds_a_damaged_layer_and_the_pipeline_keeps_it_at_8_bits() {
     use edadm_quantizer::quant::sensitivity::rank_weights;
     let model = tiny();
     let net = Net::from_model(&model, &Device::Cpu).unwrap();
-    let [c, h, w] = model.sample_shape();
-    let n = 16;
-    let mut rng = Rng::new(9);
-    let steps = model.schedule().unwrap().len();
-    let set = CalibSet {
-        sample_shape: [c, h, w],
-        x: (0..n * c * h * w).map(|_| rng.normal() as f32).collect(),
-        t: (0..n).map(|j| ((j * 7) % steps) as f32).collect(),
-        step: (0..n as u32).collect(),
-        steps: n,
-        tdac: None,
-        provenance: vec![("method".into(), "synthetic".into())],
-    };
+    let set = noise_set(&model, 16, 9);
     let cfg = QuantizeConfig::official(4, Recon::None);
     let q = quant::weights_nearest(&net, &set, &cfg.structure).unwrap();
     let low: Vec<usize> =

@@ -24,7 +24,7 @@ pub struct SamplerArgs {
 }
 
 impl SamplerArgs {
-    /// DDIM, 100 steps, η 0, the command's default spacing.
+    /// DDIM with `steps` steps, η 0 and the spacing `skip`.
     pub fn ddim(steps: usize, skip: Skip) -> Self {
         SamplerArgs { sampler: "ddim".into(), steps, skip: Some(skip.name().into()), eta: 0.0 }
     }

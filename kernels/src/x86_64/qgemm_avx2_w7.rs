@@ -1,5 +1,6 @@
-//! AVX2 u8×i8 microkernels for weights in `[−64, 63]` (7-bit and 4-bit quantized layers), 4×16
-//! and 4×8 on the same panels: `vpmaddubsw` multiplies 32 activation bytes by the broadcast
+//! AVX2 u8×i8 microkernels for weights in `[−64, 63]` (7-bit layers; 4×16 and 4×8) and in
+//! `[−8, 7]` (4-bit layers; 6×16 and 6×8, eight k-groups summed in i16) on the same panel
+//! format: `vpmaddubsw` multiplies 32 activation bytes by the broadcast
 //! weights into i16 pair sums, `vpmaddwd` by ones widens them to i32 — the emulation of
 //! `vpdpbusd` that ONNX Runtime's AVX2 kernels use, here exact: a pair sum is at most
 //! `255·64·2 = 32640 < 2¹⁵`, so `vpmaddubsw` never saturates. On these cores the pair retires
@@ -82,7 +83,9 @@ pub(crate) const QGEMM_AVX2_W4: QgemmKernel = QgemmKernel {
 /// The 4-bit variant of [`avx2_qgemm_w7`] on the same panels: the `vpmaddubsw` pair sums of up
 /// to [`W4_GROUPS`] k-groups accumulate in i16 (`vpaddw`), and one `vpmaddwd` by ones widens
 /// them — one widening per 32 k instead of per 4, so about 1.8× fewer multiply-unit µops per
-/// MAC. Exact: every partial stays within i16 (see [`W4_GROUPS`]).
+/// MAC. Exact: every partial stays within i16 (see [`W4_GROUPS`]). Kept apart from the 7-bit
+/// body on purpose: written as this body with one group, the 7-bit kernel compiled with all its
+/// `vpmaddubsw` ahead of the widenings and spilled two registers per k-group.
 ///
 /// # Safety
 /// The [`crate::qgemm::QgemmUkr`] contract with `NR = 8·NQ`, every weight of the panel in
