@@ -5,7 +5,9 @@
 //   error ← arena (Slot, step buffers) ← plan (steps, shapes, fusion, layout) → model (mmap +
 //   validated graph) → sampler::schedule; session (executes steps; impl Denoiser) → plan,
 //   arena, model, sampler::Denoiser; sampler (loops over dyn Denoiser) → error; bench → session,
-//   sampler.
+//   sampler. Inside plan: ops/<family>.rs lowers each op family (the format's OpFamily) to
+//   steps, fuse.rs rewrites step pairs, layout.rs places values and scratch in the arena,
+//   report.rs names variants for reports.
 
 mod arena;
 pub mod bench;

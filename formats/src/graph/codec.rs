@@ -25,7 +25,7 @@ pub(crate) struct GraphOffsets {
     pub(crate) minor: u16,
 }
 
-fn unknown(what: &'static str, code: u32, offset: u64) -> FormatError {
+pub(super) fn unknown(what: &'static str, code: u32, offset: u64) -> FormatError {
     FormatError::UnknownCode { what, code, offset }
 }
 
@@ -80,7 +80,7 @@ pub(crate) fn encode_graph(g: &Graph) -> Vec<u8> {
             e.u32(v.0);
         }
         let mut a = Encoder::default();
-        encode_attrs(&mut a, &n.op);
+        ops::encode(&mut a, &n.op);
         e.len32(a.buf.len());
         e.buf.extend_from_slice(&a.buf);
         let mut q = Encoder::default();
@@ -106,108 +106,6 @@ pub(crate) fn encode_graph(g: &Graph) -> Vec<u8> {
         }
     }
     e.buf
-}
-
-fn encode_attrs(e: &mut Encoder, op: &Op) {
-    let t = |t: TensorId| t.0;
-    let ot = |t: Option<TensorId>| t.map(|t| t.0);
-    match op {
-        Op::Conv2d(c) => {
-            for v in [c.in_channels, c.out_channels, c.kernel[0], c.kernel[1], c.stride[0], c.stride[1]] {
-                e.u32(v);
-            }
-            for v in [c.padding.top, c.padding.bottom, c.padding.left, c.padding.right] {
-                e.u32(v);
-            }
-            for v in [c.dilation[0], c.dilation[1], c.groups, t(c.weight)] {
-                e.u32(v);
-            }
-            e.opt_u32(ot(c.bias));
-        }
-        Op::ConvTranspose2d(c) => {
-            for v in [c.in_channels, c.out_channels, c.kernel[0], c.kernel[1], c.stride[0], c.stride[1]] {
-                e.u32(v);
-            }
-            for v in [c.padding[0], c.padding[1], c.output_padding[0], c.output_padding[1], t(c.weight)] {
-                e.u32(v);
-            }
-            e.opt_u32(ot(c.bias));
-        }
-        Op::Linear(l) => {
-            e.u32(l.in_features);
-            e.u32(l.out_features);
-            e.u32(t(l.weight));
-            e.opt_u32(ot(l.bias));
-        }
-        Op::GroupNorm(g) => {
-            e.u32(g.groups);
-            e.u32(g.channels);
-            e.f32(g.eps);
-            e.opt_u32(ot(g.weight));
-            e.opt_u32(ot(g.bias));
-        }
-        Op::LayerNorm(l) => {
-            e.u32(match l.axes {
-                LayerNormAxes::Channel => 0,
-                LayerNormAxes::ChannelSpatial => 1,
-            });
-            e.u32(l.channels);
-            e.f32(l.eps);
-            e.opt_u32(ot(l.weight));
-            e.opt_u32(ot(l.bias));
-        }
-        Op::Silu | Op::Relu | Op::Sigmoid | Op::Add | Op::Mul => {}
-        Op::Gelu(a) => e.u32(match a {
-            GeluApprox::Erf => 0,
-            GeluApprox::Tanh => 1,
-        }),
-        Op::Concat { axis } => e.u32(*axis),
-        Op::Pad(Pad::Fixed { padding, value }) => {
-            e.u32(0);
-            for v in [padding.top, padding.bottom, padding.left, padding.right] {
-                e.u32(v);
-            }
-            e.f32(*value);
-        }
-        Op::Pad(Pad::MatchSpatial) => e.u32(1),
-        Op::UpsampleNearest { scale } => e.u32(*scale),
-        Op::AvgPool2d(p) => {
-            for v in [p.kernel[0], p.kernel[1], p.stride[0], p.stride[1]] {
-                e.u32(v);
-            }
-        }
-        Op::TimestepEmbedding(TimestepEmbedding::Sinusoidal { dim, order, denominator, max_period }) => {
-            e.u32(*dim);
-            e.u32(0);
-            e.u32(match order {
-                SinusoidOrder::SinCos => 0,
-                SinusoidOrder::CosSin => 1,
-            });
-            e.u32(match denominator {
-                FreqDenominator::HalfMinusOne => 0,
-                FreqDenominator::Half => 1,
-            });
-            e.f32(*max_period);
-        }
-        Op::TimestepEmbedding(TimestepEmbedding::Table { dim, table }) => {
-            e.u32(*dim);
-            e.u32(1);
-            e.u32(t(*table));
-        }
-        Op::Attention(a) => {
-            e.u32(a.channels);
-            e.u32(a.heads);
-            e.f32(a.scale);
-            e.u32(match a.scale_placement {
-                ScalePlacement::AfterProduct => 0,
-                ScalePlacement::BeforeQuantization => 1,
-            });
-            e.u32(match a.layout {
-                AttentionLayout::Spatial => 0,
-                AttentionLayout::Tokens => 1,
-            });
-        }
-    }
 }
 
 fn encode_act(e: &mut Encoder, a: &ActQuant) {
@@ -355,7 +253,7 @@ fn decode_node(c: &mut Cursor<'_>) -> Result<Node, FormatError> {
     let len = c.count("attribute record length", limits::MAX_RECORD_BYTES, 1)?;
     let attr_at = c.offset();
     let mut a = Cursor::new(c.take(len)?, attr_at, "node attribute record");
-    let op = decode_attrs(&mut a, op_code, op_at)?;
+    let op = ops::decode(&mut a, op_code, op_at)?;
     a.finish()?;
 
     let len = c.count("quantization record length", limits::MAX_RECORD_BYTES, 1)?;
@@ -376,15 +274,15 @@ fn decode_node(c: &mut Cursor<'_>) -> Result<Node, FormatError> {
     Ok(Node { name: name.to_owned(), op, inputs, output, unit, quant })
 }
 
-fn tensor(c: &mut Cursor<'_>) -> Result<TensorId, FormatError> {
+pub(super) fn tensor(c: &mut Cursor<'_>) -> Result<TensorId, FormatError> {
     Ok(TensorId(c.u32()?))
 }
 
-fn opt_tensor(c: &mut Cursor<'_>) -> Result<Option<TensorId>, FormatError> {
+pub(super) fn opt_tensor(c: &mut Cursor<'_>) -> Result<Option<TensorId>, FormatError> {
     Ok(c.opt_u32()?.map(TensorId))
 }
 
-fn code(c: &mut Cursor<'_>, what: &'static str, max: u32) -> Result<u32, FormatError> {
+pub(super) fn code(c: &mut Cursor<'_>, what: &'static str, max: u32) -> Result<u32, FormatError> {
     let at = c.offset();
     let v = c.u32()?;
     if v > max {
@@ -393,108 +291,8 @@ fn code(c: &mut Cursor<'_>, what: &'static str, max: u32) -> Result<u32, FormatE
     Ok(v)
 }
 
-fn pair(c: &mut Cursor<'_>) -> Result<[u32; 2], FormatError> {
+pub(super) fn pair(c: &mut Cursor<'_>) -> Result<[u32; 2], FormatError> {
     Ok([c.u32()?, c.u32()?])
-}
-
-fn decode_attrs(c: &mut Cursor<'_>, op_code: u16, op_at: u64) -> Result<Op, FormatError> {
-    Ok(match op_code {
-        0 => Op::Conv2d(Conv2d {
-            in_channels: c.u32()?,
-            out_channels: c.u32()?,
-            kernel: pair(c)?,
-            stride: pair(c)?,
-            padding: Padding { top: c.u32()?, bottom: c.u32()?, left: c.u32()?, right: c.u32()? },
-            dilation: pair(c)?,
-            groups: c.u32()?,
-            weight: tensor(c)?,
-            bias: opt_tensor(c)?,
-        }),
-        1 => Op::ConvTranspose2d(ConvTranspose2d {
-            in_channels: c.u32()?,
-            out_channels: c.u32()?,
-            kernel: pair(c)?,
-            stride: pair(c)?,
-            padding: pair(c)?,
-            output_padding: pair(c)?,
-            weight: tensor(c)?,
-            bias: opt_tensor(c)?,
-        }),
-        2 => Op::Linear(Linear {
-            in_features: c.u32()?,
-            out_features: c.u32()?,
-            weight: tensor(c)?,
-            bias: opt_tensor(c)?,
-        }),
-        3 => Op::GroupNorm(GroupNorm {
-            groups: c.u32()?,
-            channels: c.u32()?,
-            eps: c.f32()?,
-            weight: opt_tensor(c)?,
-            bias: opt_tensor(c)?,
-        }),
-        4 => Op::LayerNorm(LayerNorm {
-            axes: match code(c, "layer-norm axes", 1)? {
-                0 => LayerNormAxes::Channel,
-                _ => LayerNormAxes::ChannelSpatial,
-            },
-            channels: c.u32()?,
-            eps: c.f32()?,
-            weight: opt_tensor(c)?,
-            bias: opt_tensor(c)?,
-        }),
-        5 => Op::Silu,
-        6 => Op::Relu,
-        7 => Op::Gelu(match code(c, "GELU approximation", 1)? {
-            0 => GeluApprox::Erf,
-            _ => GeluApprox::Tanh,
-        }),
-        8 => Op::Sigmoid,
-        9 => Op::Add,
-        10 => Op::Mul,
-        11 => Op::Concat { axis: c.u32()? },
-        12 => Op::Pad(match code(c, "pad mode", 1)? {
-            0 => Pad::Fixed {
-                padding: Padding { top: c.u32()?, bottom: c.u32()?, left: c.u32()?, right: c.u32()? },
-                value: c.f32()?,
-            },
-            _ => Pad::MatchSpatial,
-        }),
-        13 => Op::UpsampleNearest { scale: c.u32()? },
-        14 => Op::AvgPool2d(AvgPool2d { kernel: pair(c)?, stride: pair(c)? }),
-        15 => {
-            let dim = c.u32()?;
-            Op::TimestepEmbedding(match code(c, "timestep embedding kind", 1)? {
-                0 => TimestepEmbedding::Sinusoidal {
-                    dim,
-                    order: match code(c, "sinusoid order", 1)? {
-                        0 => SinusoidOrder::SinCos,
-                        _ => SinusoidOrder::CosSin,
-                    },
-                    denominator: match code(c, "frequency denominator", 1)? {
-                        0 => FreqDenominator::HalfMinusOne,
-                        _ => FreqDenominator::Half,
-                    },
-                    max_period: c.f32()?,
-                },
-                _ => TimestepEmbedding::Table { dim, table: tensor(c)? },
-            })
-        }
-        16 => Op::Attention(Attention {
-            channels: c.u32()?,
-            heads: c.u32()?,
-            scale: c.f32()?,
-            scale_placement: match code(c, "attention scale placement", 1)? {
-                0 => ScalePlacement::AfterProduct,
-                _ => ScalePlacement::BeforeQuantization,
-            },
-            layout: match code(c, "attention layout", 1)? {
-                0 => AttentionLayout::Spatial,
-                _ => AttentionLayout::Tokens,
-            },
-        }),
-        code => return Err(unknown("op", code.into(), op_at)),
-    })
 }
 
 fn decode_act(c: &mut Cursor<'_>) -> Result<ActQuant, FormatError> {

@@ -9,12 +9,14 @@
 
 mod codec;
 mod op;
+mod ops;
 mod quant;
 mod validate;
 
-pub use op::{
+pub use op::{Op, OpFamily, Padding};
+pub use ops::{
     Attention, AttentionLayout, AvgPool2d, Conv2d, ConvTranspose2d, FreqDenominator, GeluApprox, GroupNorm, LayerNorm,
-    LayerNormAxes, Linear, Op, Pad, Padding, ScalePlacement, SinusoidOrder, TimestepEmbedding,
+    LayerNormAxes, Linear, Pad, ScalePlacement, SinusoidOrder, TimestepEmbedding,
 };
 pub use quant::{ActQuant, AttentionQuant, NodeQuant, QuantGroup, StepEntry, StepGroups, WeightQuant};
 

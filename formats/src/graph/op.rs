@@ -1,7 +1,11 @@
-//! Operations of the graph IR and their attributes. Semantics are normative in
-//! `docs/FORMAT.md` §5.4; each variant's doc gives the short version.
+//! Operations of the graph IR: the [`Op`] enum with its codes and names. Semantics are
+//! normative in `docs/FORMAT.md` §5.4; each variant's doc gives the short version. The
+//! attribute types, records and rules of each op family are in `ops/`.
 
 use super::TensorId;
+use super::ops::{
+    Attention, AvgPool2d, Conv2d, ConvTranspose2d, GeluApprox, GroupNorm, LayerNorm, Linear, Pad, TimestepEmbedding,
+};
 
 /// Four-sided spatial padding, in pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -69,223 +73,39 @@ pub enum Op {
     Attention(Attention),
 }
 
-/// Attributes of [`Op::Conv2d`].
+/// The op families. Each crate keeps one file per family for what it does with the ops (the
+/// format: attributes, records and rules in `graph/ops/`; the runtime: lowering to steps; the
+/// quantizer: the candle form), and dispatches on [`Op::family`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Conv2d {
-    /// Input channels.
-    pub in_channels: u32,
-    /// Output channels.
-    pub out_channels: u32,
-    /// Kernel `[height, width]`.
-    pub kernel: [u32; 2],
-    /// Stride `[height, width]`.
-    pub stride: [u32; 2],
-    /// Padding of the input.
-    pub padding: Padding,
-    /// Dilation `[height, width]`.
-    pub dilation: [u32; 2],
-    /// Groups; divides both channel counts.
-    pub groups: u32,
-    /// Weight `[out, in/groups, kh, kw]`.
-    pub weight: TensorId,
-    /// Bias `[out]`.
-    pub bias: Option<TensorId>,
-}
-
-/// Attributes of [`Op::ConvTranspose2d`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConvTranspose2d {
-    /// Input channels.
-    pub in_channels: u32,
-    /// Output channels.
-    pub out_channels: u32,
-    /// Kernel `[height, width]`.
-    pub kernel: [u32; 2],
-    /// Stride `[height, width]`.
-    pub stride: [u32; 2],
-    /// Implicit padding removed from both sides of the output, `[height, width]`.
-    pub padding: [u32; 2],
-    /// Extra rows/columns added to the bottom/right of the output, `[height, width]`.
-    pub output_padding: [u32; 2],
-    /// Weight `[in, out, kh, kw]` (PyTorch layout).
-    pub weight: TensorId,
-    /// Bias `[out]`.
-    pub bias: Option<TensorId>,
-}
-
-/// Attributes of [`Op::Linear`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Linear {
-    /// Input features.
-    pub in_features: u32,
-    /// Output features.
-    pub out_features: u32,
-    /// Weight `[out, in]`.
-    pub weight: TensorId,
-    /// Bias `[out]`.
-    pub bias: Option<TensorId>,
-}
-
-/// Attributes of [`Op::GroupNorm`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct GroupNorm {
-    /// Number of groups; divides `channels`.
-    pub groups: u32,
-    /// Channels.
-    pub channels: u32,
-    /// Added to the variance.
-    pub eps: f32,
-    /// Per-channel scale `[C]`.
-    pub weight: Option<TensorId>,
-    /// Per-channel shift `[C]`.
-    pub bias: Option<TensorId>,
-}
-
-/// Which axes [`Op::LayerNorm`] normalises over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LayerNormAxes {
-    /// Over the channel axis at each position: the last axis of `[N, L, C]` or `[N, F]`,
-    /// axis 1 of `[N, C, H, W]`. Affine parameters `[C]`.
-    Channel,
-    /// Over C, H and W jointly of `[N, C, H, W]` (`nn.LayerNorm((C, H, W))`). Affine
-    /// parameters `[C, H, W]`.
-    ChannelSpatial,
-}
-
-/// Attributes of [`Op::LayerNorm`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LayerNorm {
-    /// The normalised axes.
-    pub axes: LayerNormAxes,
-    /// Channels.
-    pub channels: u32,
-    /// Added to the variance.
-    pub eps: f32,
-    /// Scale (shape per `axes`).
-    pub weight: Option<TensorId>,
-    /// Shift (shape per `axes`).
-    pub bias: Option<TensorId>,
-}
-
-/// The GELU variant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum GeluApprox {
-    /// `x·Φ(x)` with the exact error function.
-    Erf,
-    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
-    Tanh,
-}
-
-/// Attributes of [`Op::Pad`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Pad {
-    /// Fixed amounts. One input.
-    Fixed {
-        /// The padding.
-        padding: Padding,
-        /// The fill value.
-        value: f32,
-    },
-    /// Zero-pad the first input to the spatial size of the second (which must not be
-    /// smaller): `top = ⌊ΔH/2⌋`, `bottom = ΔH − top`, likewise for width. Two inputs.
-    MatchSpatial,
-}
-
-/// Attributes of [`Op::AvgPool2d`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct AvgPool2d {
-    /// Window `[height, width]`.
-    pub kernel: [u32; 2],
-    /// Stride `[height, width]`.
-    pub stride: [u32; 2],
-}
-
-/// Order of the two halves of a sinusoidal embedding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SinusoidOrder {
-    /// `[sin(t·f), cos(t·f)]` (DDPM / pytorch_diffusion).
-    SinCos,
-    /// `[cos(t·f), sin(t·f)]` (openaimodel / LDM / SD).
-    CosSin,
-}
-
-/// Denominator `d` of the frequencies `f_i = exp(−ln(max_period)·i/d)`, `i = 0..half`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FreqDenominator {
-    /// `d = half − 1` (DDPM).
-    HalfMinusOne,
-    /// `d = half` (openaimodel).
-    Half,
-}
-
-/// Attributes of [`Op::TimestepEmbedding`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum TimestepEmbedding {
-    /// `half = dim/2` frequencies; an odd `dim` gets a trailing zero column.
-    Sinusoidal {
-        /// Output width.
-        dim: u32,
-        /// Order of the halves.
-        order: SinusoidOrder,
-        /// Frequency denominator.
-        denominator: FreqDenominator,
-        /// Usually 10000.
-        max_period: f32,
-    },
-    /// Row `t` of a stored table `[T, dim]`; `t` must be an integer in `[0, T)`.
-    Table {
-        /// Output width.
-        dim: u32,
-        /// The table.
-        table: TensorId,
-    },
-}
-
-impl TimestepEmbedding {
-    /// Output width.
-    pub fn dim(&self) -> u32 {
-        match *self {
-            TimestepEmbedding::Sinusoidal { dim, .. } | TimestepEmbedding::Table { dim, .. } => dim,
-        }
-    }
-}
-
-/// Where the attention logit scale is applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ScalePlacement {
-    /// `softmax(scale · q̂ᵀk̂)`: quantize q and k unscaled, scale the product (DDPM AttnBlock,
-    /// CrossAttention).
-    AfterProduct,
-    /// `softmax((√scale·q)^ᵀ(√scale·k))`: q and k are multiplied by `√scale` before they are
-    /// quantized (LDM legacy attention, `ch^−¼` on each side).
-    BeforeQuantization,
-}
-
-/// Memory layout of attention operands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AttentionLayout {
-    /// q, k, v and the output are `[N, C, H, W]`; the `H·W` positions are the tokens.
-    Spatial,
-    /// q is `[N, Lq, C]`, k and v `[N, Lk, C]`, the output `[N, Lq, C]`.
-    Tokens,
-}
-
-/// Attributes of [`Op::Attention`]. Head `h` uses channels `[h·C/heads, (h+1)·C/heads)`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Attention {
-    /// Channels of q, k and v.
-    pub channels: u32,
-    /// Heads; divides `channels`.
-    pub heads: u32,
-    /// The logit scale, usually `(C/heads)^−½`.
-    pub scale: f32,
-    /// Where the scale applies.
-    pub scale_placement: ScalePlacement,
-    /// Operand layout.
-    pub layout: AttentionLayout,
+pub enum OpFamily {
+    /// `Conv2d`, `ConvTranspose2d`, `Linear`: the ops with a weight (and a weight quantization
+    /// record).
+    Weighted,
+    /// `GroupNorm`, `LayerNorm`.
+    Norm,
+    /// The activations and the binary `Add`, `Mul`.
+    Pointwise,
+    /// `Concat`, `Pad`, `UpsampleNearest`, `AvgPool2d`.
+    Shape,
+    /// `TimestepEmbedding`.
+    Embed,
+    /// `Attention` (and its quantization record).
+    Attention,
 }
 
 impl Op {
+    /// The op's family (the build fails here until a new variant picks one).
+    pub fn family(&self) -> OpFamily {
+        match self {
+            Op::Conv2d(_) | Op::ConvTranspose2d(_) | Op::Linear(_) => OpFamily::Weighted,
+            Op::GroupNorm(_) | Op::LayerNorm(_) => OpFamily::Norm,
+            Op::Silu | Op::Relu | Op::Gelu(_) | Op::Sigmoid | Op::Add | Op::Mul => OpFamily::Pointwise,
+            Op::Concat { .. } | Op::Pad(_) | Op::UpsampleNearest { .. } | Op::AvgPool2d(_) => OpFamily::Shape,
+            Op::TimestepEmbedding(_) => OpFamily::Embed,
+            Op::Attention(_) => OpFamily::Attention,
+        }
+    }
+
     /// The on-disk op code (`docs/FORMAT.md` §5.4).
     pub fn code(&self) -> u16 {
         match self {

@@ -20,11 +20,11 @@ pub(crate) struct TensorMeta<'a> {
 /// Cap on spatial attributes (kernel, stride, padding, dilation, scale factors).
 const MAX_SPATIAL: u32 = 1 << 16;
 /// Cap on channel and feature counts.
-const MAX_CHANNELS: u32 = 1 << 24;
+pub(super) const MAX_CHANNELS: u32 = 1 << 24;
 
-const FLOAT: &[DType] = &[DType::F32, DType::F16];
+pub(super) const FLOAT: &[DType] = &[DType::F32, DType::F16];
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     tensors: &'a [TensorMeta<'a>],
     offs: Option<&'a GraphOffsets>,
 }
@@ -49,7 +49,7 @@ impl Ctx<'_> {
     }
 
     /// Checks a tensor reference's existence, dtype and (when given) shape.
-    fn tensor(
+    pub(super) fn tensor(
         &self,
         role: &'static str,
         t: TensorId,
@@ -79,54 +79,48 @@ impl Ctx<'_> {
     }
 }
 
-fn bad(op: &'static str, attr: &'static str, value: impl std::fmt::Display, reason: &'static str) -> GraphProblem {
+pub(super) fn bad(
+    op: &'static str,
+    attr: &'static str,
+    value: impl std::fmt::Display,
+    reason: &'static str,
+) -> GraphProblem {
     GraphProblem::BadAttribute { op, attr, value: value.to_string(), reason }
 }
 
-fn positive(op: &'static str, attr: &'static str, v: u32, max: u32) -> Result<(), GraphProblem> {
+pub(super) fn positive(op: &'static str, attr: &'static str, v: u32, max: u32) -> Result<(), GraphProblem> {
     if v == 0 || v > max {
         return Err(bad(op, attr, v, "must be at least 1 and within the format's caps"));
     }
     Ok(())
 }
 
-fn pair_positive(op: &'static str, attr: &'static str, v: [u32; 2]) -> Result<(), GraphProblem> {
+pub(super) fn pair_positive(op: &'static str, attr: &'static str, v: [u32; 2]) -> Result<(), GraphProblem> {
     for x in v {
         positive(op, attr, x, MAX_SPATIAL)?;
     }
     Ok(())
 }
 
-fn bounded(op: &'static str, attr: &'static str, v: u32) -> Result<(), GraphProblem> {
+pub(super) fn bounded(op: &'static str, attr: &'static str, v: u32) -> Result<(), GraphProblem> {
     if v > MAX_SPATIAL {
         return Err(bad(op, attr, v, "exceeds the format's cap of 65536"));
     }
     Ok(())
 }
 
-fn finite_nonneg(op: &'static str, attr: &'static str, v: f32) -> Result<(), GraphProblem> {
+pub(super) fn finite_nonneg(op: &'static str, attr: &'static str, v: f32) -> Result<(), GraphProblem> {
     if !v.is_finite() || v < 0.0 {
         return Err(bad(op, attr, v, "must be finite and non-negative"));
     }
     Ok(())
 }
 
-fn finite_positive(op: &'static str, attr: &'static str, v: f32) -> Result<(), GraphProblem> {
+pub(super) fn finite_positive(op: &'static str, attr: &'static str, v: f32) -> Result<(), GraphProblem> {
     if !v.is_finite() || v <= 0.0 {
         return Err(bad(op, attr, v, "must be finite and positive"));
     }
     Ok(())
-}
-
-fn arity(op: &Op, n: usize) -> Result<(), GraphProblem> {
-    let (ok, expected) = match op {
-        Op::Add | Op::Mul => (n == 2, "2"),
-        Op::Concat { .. } => (n >= 2, "at least 2"),
-        Op::Pad(Pad::MatchSpatial) => (n == 2, "2 (the input and the reference)"),
-        Op::Attention(_) => (n == 3, "3 (q, k, v)"),
-        _ => (n == 1, "1"),
-    };
-    if ok { Ok(()) } else { Err(GraphProblem::Arity { op: op.name(), expected, found: n }) }
 }
 
 /// Validates a whole graph. `offs` (present for parsed files) lets errors name byte offsets.
@@ -206,7 +200,7 @@ pub(crate) fn validate_graph(
             }
             last_unit = Some(u.0);
         }
-        arity(&n.op, n.inputs.len()).map_err(e)?;
+        ops::arity(&n.op, n.inputs.len()).map_err(e)?;
         check_op(&cx, n).map_err(e)?;
         define(&mut defined, n.output, nv).map_err(e)?;
     }
@@ -316,7 +310,7 @@ fn define(defined: &mut [bool], v: ValueId, nv: u32) -> Result<(), GraphProblem>
 }
 
 /// The dtypes a weighted op's weight may have, given its quantization record.
-fn weight_dtypes(n: &Node) -> Result<(&'static [DType], &'static str), GraphProblem> {
+pub(super) fn weight_dtypes(n: &Node) -> Result<(&'static [DType], &'static str), GraphProblem> {
     Ok(match &n.quant {
         None => (FLOAT, "f32 or f16 (no quantization record)"),
         Some(NodeQuant::Weight(w)) => match w.weight_bits {
@@ -342,198 +336,24 @@ fn check_op(cx: &Ctx<'_>, n: &Node) -> Result<(), GraphProblem> {
             w.weight_bits, o.minor
         )));
     }
-    let name = n.op.name();
-    match &n.op {
-        Op::Conv2d(c) => {
-            positive(name, "in_channels", c.in_channels, MAX_CHANNELS)?;
-            positive(name, "out_channels", c.out_channels, MAX_CHANNELS)?;
-            pair_positive(name, "kernel", c.kernel)?;
-            pair_positive(name, "stride", c.stride)?;
-            pair_positive(name, "dilation", c.dilation)?;
-            for p in [c.padding.top, c.padding.bottom, c.padding.left, c.padding.right] {
-                bounded(name, "padding", p)?;
-            }
-            positive(name, "groups", c.groups, MAX_CHANNELS)?;
-            if !c.in_channels.is_multiple_of(c.groups) || !c.out_channels.is_multiple_of(c.groups) {
-                return Err(bad(name, "groups", c.groups, "must divide both channel counts"));
-            }
-            let (dt, names) = weight_dtypes(n)?;
-            let shape = [c.out_channels, c.in_channels / c.groups, c.kernel[0], c.kernel[1]].map(u64::from);
-            cx.tensor("weight", c.weight, dt, names, Some(&shape))?;
-            bias(cx, c.bias, c.out_channels)?;
-            weight_quant(cx, n, c.in_channels, c.out_channels, c.groups)
-        }
-        Op::ConvTranspose2d(c) => {
-            positive(name, "in_channels", c.in_channels, MAX_CHANNELS)?;
-            positive(name, "out_channels", c.out_channels, MAX_CHANNELS)?;
-            pair_positive(name, "kernel", c.kernel)?;
-            pair_positive(name, "stride", c.stride)?;
-            for (p, op) in c.padding.into_iter().zip(c.output_padding) {
-                bounded(name, "padding", p)?;
-                bounded(name, "output_padding", op)?;
-            }
-            for d in 0..2 {
-                if c.output_padding[d] >= c.stride[d] {
-                    return Err(bad(name, "output_padding", c.output_padding[d], "must be smaller than the stride"));
-                }
-            }
-            let (dt, names) = weight_dtypes(n)?;
-            let shape = [c.in_channels, c.out_channels, c.kernel[0], c.kernel[1]].map(u64::from);
-            cx.tensor("weight", c.weight, dt, names, Some(&shape))?;
-            bias(cx, c.bias, c.out_channels)?;
-            weight_quant(cx, n, c.in_channels, c.out_channels, 1)
-        }
-        Op::Linear(l) => {
-            positive(name, "in_features", l.in_features, MAX_CHANNELS)?;
-            positive(name, "out_features", l.out_features, MAX_CHANNELS)?;
-            let (dt, names) = weight_dtypes(n)?;
-            let shape = [u64::from(l.out_features), u64::from(l.in_features)];
-            cx.tensor("weight", l.weight, dt, names, Some(&shape))?;
-            bias(cx, l.bias, l.out_features)?;
-            weight_quant(cx, n, l.in_features, l.out_features, 1)
-        }
-        Op::GroupNorm(gn) => {
-            positive(name, "channels", gn.channels, MAX_CHANNELS)?;
-            positive(name, "groups", gn.groups, MAX_CHANNELS)?;
-            if !gn.channels.is_multiple_of(gn.groups) {
-                return Err(bad(name, "groups", gn.groups, "must divide the channel count"));
-            }
-            finite_nonneg(name, "eps", gn.eps)?;
-            let shape = [u64::from(gn.channels)];
-            for (role, t) in [("weight", gn.weight), ("bias", gn.bias)] {
-                if let Some(t) = t {
-                    cx.tensor(role, t, FLOAT, "f32 or f16", Some(&shape))?;
-                }
-            }
-            no_quant(n)
-        }
-        Op::LayerNorm(ln) => {
-            positive(name, "channels", ln.channels, MAX_CHANNELS)?;
-            finite_nonneg(name, "eps", ln.eps)?;
-            let mut first: Option<Vec<u64>> = None;
-            for (role, t) in [("weight", ln.weight), ("bias", ln.bias)] {
-                let Some(t) = t else { continue };
-                let m = match ln.axes {
-                    LayerNormAxes::Channel => {
-                        cx.tensor(role, t, FLOAT, "f32 or f16", Some(&[u64::from(ln.channels)]))?
-                    }
-                    LayerNormAxes::ChannelSpatial => {
-                        let m = cx.tensor(role, t, FLOAT, "f32 or f16", None)?;
-                        if m.shape.len() != 3 || m.shape[0] != u64::from(ln.channels) || m.shape.contains(&0) {
-                            return Err(GraphProblem::TensorShape {
-                                role,
-                                tensor: t.0,
-                                found: m.shape.to_vec(),
-                                expected: vec![u64::from(ln.channels), 0, 0],
-                            });
-                        }
-                        m
-                    }
-                };
-                match &first {
-                    Some(s) if s.as_slice() != m.shape => {
-                        return Err(GraphProblem::TensorShape {
-                            role,
-                            tensor: t.0,
-                            found: m.shape.to_vec(),
-                            expected: s.clone(),
-                        });
-                    }
-                    _ => first = Some(m.shape.to_vec()),
-                }
-            }
-            no_quant(n)
-        }
-        Op::Silu | Op::Relu | Op::Gelu(_) | Op::Sigmoid | Op::Add | Op::Mul => no_quant(n),
-        Op::Concat { axis } => {
-            if !(1..=3).contains(axis) {
-                return Err(bad(name, "axis", axis, "must be 1, 2 or 3"));
-            }
-            no_quant(n)
-        }
-        Op::Pad(p) => {
-            if let Pad::Fixed { padding, value } = p {
-                for v in [padding.top, padding.bottom, padding.left, padding.right] {
-                    bounded(name, "padding", v)?;
-                }
-                if !value.is_finite() {
-                    return Err(bad(name, "value", value, "must be finite"));
-                }
-            }
-            no_quant(n)
-        }
-        Op::UpsampleNearest { scale } => {
-            positive(name, "scale", *scale, 1024)?;
-            no_quant(n)
-        }
-        Op::AvgPool2d(p) => {
-            pair_positive(name, "kernel", p.kernel)?;
-            pair_positive(name, "stride", p.stride)?;
-            no_quant(n)
-        }
-        Op::TimestepEmbedding(te) => {
-            positive(name, "dim", te.dim(), MAX_CHANNELS)?;
-            match *te {
-                TimestepEmbedding::Sinusoidal { dim, denominator, max_period, .. } => {
-                    finite_positive(name, "max_period", max_period)?;
-                    let min = match denominator {
-                        FreqDenominator::HalfMinusOne => 4,
-                        FreqDenominator::Half => 2,
-                    };
-                    if dim < min {
-                        return Err(bad(name, "dim", dim, "too small for the frequency formula"));
-                    }
-                }
-                TimestepEmbedding::Table { dim, table } => {
-                    let m = cx.tensor("table", table, FLOAT, "f32 or f16", None)?;
-                    if m.shape.len() != 2 || m.shape[0] == 0 || m.shape[1] != u64::from(dim) {
-                        return Err(GraphProblem::TensorShape {
-                            role: "table",
-                            tensor: table.0,
-                            found: m.shape.to_vec(),
-                            expected: vec![0, u64::from(dim)],
-                        });
-                    }
-                }
-            }
-            no_quant(n)
-        }
-        Op::Attention(a) => {
-            positive(name, "channels", a.channels, MAX_CHANNELS)?;
-            positive(name, "heads", a.heads, MAX_CHANNELS)?;
-            if !a.channels.is_multiple_of(a.heads) {
-                return Err(bad(name, "heads", a.heads, "must divide the channel count"));
-            }
-            finite_positive(name, "scale", a.scale)?;
-            match &n.quant {
-                None => Ok(()),
-                Some(NodeQuant::Attention(q)) => {
-                    for (which, x) in [("q", &q.q), ("k", &q.k), ("v", &q.v), ("prob", &q.prob)] {
-                        act_quant(which, x)?;
-                    }
-                    Ok(())
-                }
-                Some(NodeQuant::Weight(_)) => Err(GraphProblem::Quant("a weight record on an Attention node".into())),
-            }
-        }
-    }
+    ops::check(cx, n)
 }
 
-fn bias(cx: &Ctx<'_>, t: Option<TensorId>, out: u32) -> Result<(), GraphProblem> {
+pub(super) fn bias(cx: &Ctx<'_>, t: Option<TensorId>, out: u32) -> Result<(), GraphProblem> {
     if let Some(t) = t {
         cx.tensor("bias", t, FLOAT, "f32 or f16", Some(&[u64::from(out)]))?;
     }
     Ok(())
 }
 
-fn no_quant(n: &Node) -> Result<(), GraphProblem> {
+pub(super) fn no_quant(n: &Node) -> Result<(), GraphProblem> {
     match n.quant {
         None => Ok(()),
         Some(_) => Err(GraphProblem::Quant(format!("{} nodes cannot carry a quantization record", n.op.name()))),
     }
 }
 
-fn act_quant(which: &str, a: &ActQuant) -> Result<(), GraphProblem> {
+pub(super) fn act_quant(which: &str, a: &ActQuant) -> Result<(), GraphProblem> {
     if !(1..=8).contains(&a.bits) {
         return Err(GraphProblem::Quant(format!("{which} quantizer: bits {} not in 1..=8", a.bits)));
     }
@@ -554,7 +374,13 @@ fn act_quant(which: &str, a: &ActQuant) -> Result<(), GraphProblem> {
 }
 
 /// Checks a weight quantization record (if any) of a conv/linear node.
-fn weight_quant(cx: &Ctx<'_>, n: &Node, in_ch: u32, out_ch: u32, conv_groups: u32) -> Result<(), GraphProblem> {
+pub(super) fn weight_quant(
+    cx: &Ctx<'_>,
+    n: &Node,
+    in_ch: u32,
+    out_ch: u32,
+    conv_groups: u32,
+) -> Result<(), GraphProblem> {
     let Some(NodeQuant::Weight(w)) = &n.quant else {
         return Ok(());
     };

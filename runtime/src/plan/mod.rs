@@ -8,7 +8,7 @@ use edadm_format::DType;
 use edadm_format::graph::{
     AttentionLayout, InputKind, LayerNormAxes, Node, Op, Pad, TensorId, TimestepEmbedding, ValueId,
 };
-use edadm_format::graph::{NodeQuant, WeightQuant};
+use edadm_format::graph::{AttentionQuant, NodeQuant, WeightQuant};
 use edadm_kernels::Kernels;
 use edadm_kernels::gemm::ConvGeom;
 use edadm_kernels::ops::act::Activation;
@@ -16,15 +16,19 @@ use edadm_kernels::ops::attention::AttentionShape;
 use edadm_kernels::ops::conv::{self, ConvTransposeGeom};
 use edadm_kernels::ops::elementwise::{Binary, SinusoidOrder as KSinOrder};
 use edadm_kernels::ops::qattention::QAttention;
-use edadm_kernels::ops::qconv::{self, ConvMode, QConvGeom};
+use edadm_kernels::ops::qconv::{self, QConvGeom};
 use edadm_kernels::ops::quant::{ActQ, C4};
 
 use crate::error::{Result, RuntimeError};
 use crate::model::Model;
 
-mod float;
 mod fuse;
-mod quant;
+mod layout;
+mod ops;
+mod report;
+
+pub(crate) use ops::step_macs;
+pub(crate) use report::step_variant;
 
 pub(crate) use crate::arena::Slot;
 
@@ -318,10 +322,7 @@ impl<'m> Plan<'m> {
         let mut scratch_len = Vec::with_capacity(g.nodes.len());
         for (ni, node) in g.nodes.iter().enumerate() {
             let ins: Vec<&Vec<usize>> = node.inputs.iter().map(|v| &shapes[v.0 as usize]).collect();
-            let (step, out_shape, scratch) = match &node.quant {
-                None => float::build_step(model, k, node, &ins, req.threads)?,
-                Some(q) => quant::build_quant_step(model, k, ni, q, &ins, req.threads)?,
-            };
+            let (step, out_shape, scratch) = ops::build_step(model, k, ni, &ins, req.threads)?;
             shapes[node.output.0 as usize] = out_shape;
             // Weights of convolutions and linear layers are packed (or dequantized and packed)
             // now; the mapped copy is not read again.
@@ -337,7 +338,7 @@ impl<'m> Plan<'m> {
         fuse::norm_quantize(&mut steps, &mut scratch_len, &mut slot_len, g, req.keep);
         fuse::conv_add(&mut steps, &mut scratch_len, &mut slot_len, &shapes, g, req.keep);
         fuse::upsample_quantize(&mut steps, &mut scratch_len, &mut slot_len, g, req.keep);
-        let prepared = steps.iter().map(|p| step_prepared_bytes(&p.step)).sum();
+        let prepared = steps.iter().map(|p| report::step_prepared_bytes(&p.step)).sum();
         for p in &mut steps {
             let macs = step_macs(&g.nodes[p.node], &shapes, &p.inputs, p.out);
             let elements: usize = shapes[p.out as usize].iter().product();
@@ -366,147 +367,10 @@ impl<'m> Plan<'m> {
         }
         let mut items: Vec<(usize, usize, usize)> = (0..nv).map(|v| (slot_len[v], first[v], last[v])).collect();
         items.extend(scratch_len.iter().enumerate().map(|(si, &len)| (len, si, si)));
-        let (offsets, arena_len) = assign_offsets(&items);
+        let (offsets, arena_len) = layout::assign_offsets(&items);
         let slots = (0..nv).map(|v| Slot { off: offsets[v], len: items[v].0 }).collect();
         let scratch = (0..steps.len()).map(|s| Slot { off: offsets[nv + s], len: items[nv + s].0 }).collect();
         Ok(Plan { steps, scratch, slots, shapes, arena_len, prepared_bytes: prepared })
-    }
-}
-
-/// Multiply-accumulates of one step (weighted ops and attention products; 0 for the rest).
-pub(crate) fn step_macs(node: &Node, shapes: &[Vec<usize>], inputs: &[u32], out: u32) -> u64 {
-    let numel = |v: u32| shapes[v as usize].iter().product::<usize>() as u64;
-    match &node.op {
-        Op::Conv2d(c) => {
-            numel(out) * u64::from(c.in_channels / c.groups) * u64::from(c.kernel[0]) * u64::from(c.kernel[1])
-        }
-        Op::ConvTranspose2d(c) => {
-            numel(inputs[0]) * u64::from(c.out_channels) * u64::from(c.kernel[0]) * u64::from(c.kernel[1])
-        }
-        Op::Linear(l) => numel(out) * u64::from(l.in_features),
-        Op::Attention(_) => {
-            // Q·Kᵀ and P·V: 2 · N · queries · keys · channels; spatial [N, C, H, W] or tokens
-            // [N, T, D].
-            let (q, k) = (&shapes[inputs[0] as usize], &shapes[inputs[1] as usize]);
-            let (n, qt, kt, c) = match (q.as_slice(), k.as_slice()) {
-                ([n, c, h, w], [_, _, kh, kw]) => (*n, h * w, kh * kw, *c),
-                ([n, t, d], [_, kt, _]) => (*n, *t, *kt, *d),
-                _ => return 0,
-            };
-            2 * (n * qt * kt * c) as u64
-        }
-        _ => 0,
-    }
-}
-
-/// What a step runs on: the microkernel of its GEMM, or the SIMD tier of its element-wise code.
-pub(crate) fn step_variant(s: &Step<'_>, k: &Kernels) -> (&'static str, String) {
-    let simd = k.simd_name();
-    match s {
-        Step::Conv { .. } => ("conv f32", k.sgemm().name.to_string()),
-        Step::ConvT { .. } => ("conv_transpose f32", k.sgemm().name.to_string()),
-        Step::Linear { .. } => ("linear f32", k.sgemm().name.to_string()),
-        Step::GroupNorm { act: Activation::None, .. } => ("group_norm", simd.into()),
-        Step::GroupNorm { .. } => ("group_norm+act", simd.into()),
-        Step::GroupNormQ { .. } => ("group_norm+quantize", simd.into()),
-        Step::LayerNormChw { .. } | Step::LayerNormChannel { .. } => ("layer_norm", simd.into()),
-        Step::Act { .. } => ("activation", simd.into()),
-        Step::Binary { .. } => ("add/mul", simd.into()),
-        Step::Concat { .. } => ("concat", "copy".into()),
-        Step::Pad { .. } => ("pad", "copy".into()),
-        Step::Upsample { .. } => ("upsample", "copy".into()),
-        Step::AvgPool { .. } => ("avg_pool", "scalar".into()),
-        Step::Sinusoid { .. } | Step::Table { .. } => ("timestep embedding", "scalar".into()),
-        Step::Attention { .. } => ("attention f32", format!("{} + {simd} softmax", k.sgemm().name)),
-        Step::QConv { plan, groups, pre, add, upsample, .. } => (
-            "conv u8×i8",
-            format!(
-                "{} ({}{}{}{}{})",
-                plan.kernel().name,
-                if *pre { "quantized by the norm, " } else { "" },
-                if *upsample > 1 { "upsampled by the quantization, " } else { "" },
-                match plan.mode() {
-                    ConvMode::Rows => "in place, row tiles",
-                    ConvMode::Direct => "in place",
-                    ConvMode::Gathered => "gathered",
-                },
-                if groups.len() > 1 { format!(", {} input groups", groups.len()) } else { String::new() },
-                match add {
-                    Some((_, true)) => ", + residual",
-                    Some((_, false)) => ", + channel offsets",
-                    None => "",
-                }
-            ),
-        ),
-        Step::QConvT { plan, .. } => ("conv_transpose u8×i8", plan.kernel().name.to_string()),
-        Step::QAttention { .. } => ("attention u8×i8", format!("{} + {simd} softmax", k.qgemm().name)),
-    }
-}
-
-fn step_prepared_bytes(s: &Step<'_>) -> usize {
-    let opt = |f: &Option<Floats<'_>>| f.as_ref().map_or(0, owned_len);
-    match s {
-        Step::Conv { parts, bias, .. } => parts.iter().map(|p| p.plan.packed_bytes()).sum::<usize>() + opt(bias),
-        Step::ConvT { w, bias, .. } | Step::Linear { w, bias, .. } => w.len() * 4 + opt(bias),
-        Step::GroupNorm { gamma, beta, .. }
-        | Step::GroupNormQ { gamma, beta, .. }
-        | Step::LayerNormChw { gamma, beta, .. }
-        | Step::LayerNormChannel { gamma, beta, .. } => opt(gamma) + opt(beta),
-        Step::Table { table, .. } => owned_len(table),
-        Step::QConv { plan, bias, groups, .. } => {
-            plan.packed_bytes() + opt(bias) + groups.iter().flat_map(|g| &g.scale).map(|s| s.len() * 4).sum::<usize>()
-        }
-        Step::QConvT { plan, bias, scale, .. } => {
-            plan.packed_bytes() + opt(bias) + scale.iter().map(|s| s.len() * 4).sum::<usize>()
-        }
-        _ => 0,
-    }
-}
-
-/// Greedy placement by size (largest first): each item goes to the lowest 16-aligned offset
-/// free of every placed item whose lifetime `[first, last]` intersects its own.
-fn assign_offsets(items: &[(usize, usize, usize)]) -> (Vec<usize>, usize) {
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| (std::cmp::Reverse(items[i].0), i));
-    let mut offsets = vec![0usize; items.len()];
-    let mut placed: Vec<usize> = Vec::new();
-    let mut total = 0usize;
-    for i in order {
-        let (len, f, l) = items[i];
-        if len == 0 {
-            continue;
-        }
-        let mut busy: Vec<(usize, usize)> = placed
-            .iter()
-            .filter(|&&j| items[j].1 <= l && f <= items[j].2)
-            .map(|&j| (offsets[j], offsets[j] + items[j].0))
-            .collect();
-        busy.sort_unstable();
-        let mut off = 0usize;
-        for (s, e) in busy {
-            if off + len <= s {
-                break;
-            }
-            off = off.max(e.next_multiple_of(16));
-        }
-        offsets[i] = off;
-        total = total.max(off + len);
-        placed.push(i);
-    }
-    (offsets, total.next_multiple_of(16))
-}
-
-/// The kernels' geometry of a transposed convolution over a `ci × h × w` input (f32 and integer).
-fn convt_geom(c: &edadm_format::graph::ConvTranspose2d, ci: usize, h: usize, w: usize) -> ConvTransposeGeom {
-    ConvTransposeGeom {
-        cin: ci,
-        cout: c.out_channels as usize,
-        h,
-        w,
-        kernel: c.kernel.map(|x| x as usize),
-        stride: c.stride.map(|x| x as usize),
-        padding: c.padding.map(|x| x as usize),
-        output_padding: c.output_padding.map(|x| x as usize),
     }
 }
 
@@ -519,26 +383,4 @@ fn check_channels(node: &Node, got: usize, want: u32) -> Result<()> {
         return Err(shape_err(node, format!("input has {got} channels, the node expects {want}")));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::assign_offsets;
-
-    #[test]
-    fn offsets_never_overlap_for_intersecting_lifetimes() {
-        let items = vec![(100, 0, 2), (50, 1, 3), (70, 3, 5), (10, 0, 5), (0, 0, 5), (33, 4, 4), (100, 5, 6)];
-        let (off, total) = assign_offsets(&items);
-        for i in 0..items.len() {
-            assert_eq!(off[i] % 16, 0);
-            assert!(off[i] + items[i].0 <= total);
-            for j in 0..i {
-                let live = items[i].1 <= items[j].2 && items[j].1 <= items[i].2;
-                let disjoint = off[i] + items[i].0 <= off[j] || off[j] + items[j].0 <= off[i];
-                assert!(!live || disjoint || items[i].0 == 0 || items[j].0 == 0, "{i} and {j} overlap");
-            }
-        }
-        // Reuse: 7 items but far less than their sum.
-        assert!(total < items.iter().map(|x| x.0.next_multiple_of(16)).sum::<usize>());
-    }
 }
