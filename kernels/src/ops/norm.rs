@@ -8,8 +8,10 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; 16];
     let mut chunks = x.chunks_exact(16);
     for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += f(v);
+        // A fixed-size view, so that the 16 lanes compile to whole vector adds.
+        let c: &[f32; 16] = c.try_into().expect("a chunk of 16");
+        for i in 0..16 {
+            acc[i] += f(c[i]);
         }
     }
     let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();

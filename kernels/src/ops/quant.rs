@@ -284,16 +284,27 @@ fn put_plane(
     let (w, hw, pad) = (layout.w, layout.h * layout.w, layout.pad);
     let (zp, qmax) = (f32::from(q.zero_point), q.qmax());
     let mut f = [0f32; PCH];
-    let mut by = [[q.zero_point; PCH]; 4];
+    // The layout's words for a chunk of positions: byte `t` of word `i` is channel `t`'s level
+    // at position `p0 + i` (little-endian), built in 32-bit lanes so that the interleave
+    // vectorises with the quantization.
+    let mut words = [0u32; PCH];
+    let zp_word = u32::from_le_bytes([q.zero_point; 4]);
     for p0 in (0..hw).step_by(PCH) {
         let len = (hw - p0).min(PCH);
+        let wd = &mut words[..len];
+        wd.fill(0);
         for t in 0..4 {
-            let Some(plane) = planes[t] else { continue };
+            let shift = 8 * t as u32;
+            let Some(plane) = planes[t] else {
+                for o in wd.iter_mut() {
+                    *o |= zp_word & (0xff << shift);
+                }
+                continue;
+            };
             let src = &plane[p0..p0 + len];
-            let dst = &mut by[t][..len];
             if affine.is_none() && act == Activation::None {
-                for (o, &v) in dst.iter_mut().zip(src) {
-                    *o = quantize(v, q.delta, zp, qmax);
+                for (o, &v) in wd.iter_mut().zip(src) {
+                    *o |= u32::from(quantize(v, q.delta, zp, qmax)) << shift;
                 }
                 continue;
             }
@@ -307,22 +318,21 @@ fn put_plane(
                 None => f[..len].copy_from_slice(src),
             }
             act.apply_in_place(&mut f[..len]);
-            for (o, &v) in dst.iter_mut().zip(&f[..len]) {
-                *o = quantize(v, q.delta, zp, qmax);
+            for (o, &v) in wd.iter_mut().zip(&f[..len]) {
+                *o |= u32::from(quantize(v, q.delta, zp, qmax)) << shift;
             }
         }
-        let [b0, b1, b2, b3] = &by;
+        for o in wd.iter_mut() {
+            *o = o.to_le(); // the identity on every target edadm builds for
+        }
         let mut p = p0;
         while p < p0 + len {
             let (y, x) = (p / w, p % w);
             let run = (w - x).min(p0 + len - p);
             let at = layout.word(g, b, y + pad[0], x + pad[2]) - base;
             let i0 = p - p0;
-            let (c0, c1, c2, c3) = (&b0[i0..i0 + run], &b1[i0..i0 + run], &b2[i0..i0 + run], &b3[i0..i0 + run]);
-            for (i, o) in out[at..at + 4 * run].chunks_exact_mut(4).enumerate() {
-                let word = u32::from(c0[i]) | u32::from(c1[i]) << 8 | u32::from(c2[i]) << 16 | u32::from(c3[i]) << 24;
-                o.copy_from_slice(&word.to_le_bytes());
-            }
+            let dst = &mut out[at..at + 4 * run];
+            dst.copy_from_slice(bytemuck::cast_slice(&words[i0..i0 + run]));
             p += run;
         }
     }
@@ -416,12 +426,14 @@ fn group_norm_quantize_c4_generic(
     out.fill(q.zero_point);
     let cg = c / groups;
     let base_at = layout.word(g0, 0, 0, 0);
-    for g in g0..g1 {
-        for b in 0..n {
-            // Per channel: the affine map of the normalisation, y = x·s + o; the statistics
-            // of a norm group once for all its channels in this word.
+    for b in 0..n {
+        // The statistics of a norm group once for all its channels in this part (a norm group
+        // spans several words when it has more than four channels): images outside, words
+        // inside, so consecutive words reuse them.
+        let mut last: Option<(usize, f32, f32)> = None;
+        for g in g0..g1 {
+            // Per channel: the affine map of the normalisation, y = x·s + o.
             let mut coef = [(0f32, 0f32); 4];
-            let mut last: Option<(usize, f32, f32)> = None;
             for (t, co) in coef.iter_mut().enumerate() {
                 let ch = 4 * g + t;
                 if ch >= c {
