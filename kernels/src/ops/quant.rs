@@ -288,7 +288,6 @@ fn put_plane(
     // at position `p0 + i` (little-endian), built in 32-bit lanes so that the interleave
     // vectorises with the quantization.
     let mut words = [0u32; PCH];
-    let zp_word = u32::from_le_bytes([q.zero_point; 4]);
     for p0 in (0..hw).step_by(PCH) {
         let len = (hw - p0).min(PCH);
         let wd = &mut words[..len];
@@ -297,7 +296,7 @@ fn put_plane(
             let shift = 8 * t as u32;
             let Some(plane) = planes[t] else {
                 for o in wd.iter_mut() {
-                    *o |= zp_word & (0xff << shift);
+                    *o |= u32::from(q.zero_point) << shift;
                 }
                 continue;
             };

@@ -133,8 +133,3 @@ pub(super) fn check(cx: &Ctx<'_>, n: &Node) -> Result<(), GraphProblem> {
     }
     no_quant(n)
 }
-
-/// One input: the timestep `[N]`.
-pub(super) fn arity(_op: &Op, n: usize) -> (bool, &'static str) {
-    (n == 1, "1")
-}

@@ -155,8 +155,3 @@ pub(super) fn check(cx: &Ctx<'_>, n: &Node) -> Result<(), GraphProblem> {
         _ => Ok(()),
     }
 }
-
-/// Every normalisation takes one input.
-pub(super) fn arity(_op: &Op, n: usize) -> (bool, &'static str) {
-    (n == 1, "1")
-}

@@ -12,7 +12,7 @@ use crate::error::{QuantError, Result};
 pub(in crate::net) fn forward(net: &Net, ni: usize, x: Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
     let node = &net.graph.nodes[ni];
     let p = &net.params[ni];
-    let wbias = if node.op.is_weighted() { hooks.bias(ni).or_else(|| p.bias.clone()) } else { None };
+    let wbias = hooks.bias(ni).or_else(|| p.bias.clone());
     let weight = || -> Result<Tensor> {
         match hooks.weight(ni)? {
             Some(w) => Ok(w),
